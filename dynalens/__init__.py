@@ -1,0 +1,35 @@
+"""dynalens: a workbench for interpretability and training-dynamics research on PyTorch.
+
+Attach a :class:`Recorder` to an existing training loop, read the records back with
+:func:`open_store`, and turn them into science with :mod:`dynalens.estimators` and
+:mod:`dynalens.dynamics`. ``import dynalens`` stays light: it imports neither triton,
+transformer-lens, plotly nor pandas.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from dynalens.errors import DynalensError
+
+__version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from dynalens.probe.recorder import Recorder
+    from dynalens.probe.store import Store, open_store
+
+__all__ = ["DynalensError", "Recorder", "Store", "__version__", "open_store"]
+
+_LAZY = {
+    "Recorder": "dynalens.probe.recorder",
+    "Store": "dynalens.probe.store",
+    "open_store": "dynalens.probe.store",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'dynalens' has no attribute {name!r}")

@@ -1,0 +1,1 @@
+"""Training-dynamics instruments: gradient noise scale, critical batch size, and more."""

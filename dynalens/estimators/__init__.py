@@ -1,0 +1,1 @@
+"""Estimators: mutual information (the information plane), concept metrics, similarity."""
