@@ -1,0 +1,95 @@
+"""The ``dynalens`` command line.
+
+``dynalens info STORE [--run RUN] [--json]``
+    What a store holds: runs, sites, steps, shapes, dtypes, bytes.
+``dynalens demo [--out DIR] [--steps N]``
+    The main job on the embedded default task (see :mod:`dynalens.demo`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from dynalens.errors import DynalensError
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+def format_info(info: dict[str, Any]) -> str:
+    """The human-readable form of :meth:`Store.info`."""
+    steps = info["steps"]
+    shown = ", ".join(map(str, steps[:10])) + (", ..." if len(steps) > 10 else "")
+    lines = [
+        f"store   {info['path']}",
+        f"run     {info['run']}   (runs: {', '.join(info['runs'])})",
+        f"steps   {info['committed_steps']} committed: [{shown}]",
+        f"ranks   {info['world_size']}",
+        f"scalars {', '.join(info['scalars']) or '-'}",
+    ]
+    if info.get("probe"):
+        lines.append(f"probe   {info['probe']['n']} samples (X{', Y' if info['probe']['has_y'] else ''})")
+    lines.append(f"sites   {len(info['sites'])}")
+    width = max([len(a["site"]) for a in info["arrays"]] + [4])
+    lines.append(f"  {'site':<{width}}  {'kind':<17} {'steps':>5}  {'shape':<18} {'dtype':<9} bytes")
+    for a in info["arrays"]:
+        shape = "(" + ", ".join(map(str, a["shape"])) + ")"
+        lines.append(
+            f"  {a['site']:<{width}}  {a['kind']:<17} {a['steps']:>5}  {shape:<18} "
+            f"{a['dtype']:<9} {_human(a['bytes'])}"
+        )
+    lines.append(f"total   {_human(info['bytes'])}")
+    return "\n".join(lines)
+
+
+def _info(args: argparse.Namespace) -> int:
+    from dynalens.probe.store import open_store
+
+    info = open_store(args.store, args.run).info()
+    print(json.dumps(info, indent=2) if args.json else format_info(info))
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from dynalens.demo import run_demo
+
+    run_demo(out=args.out, epochs=args.epochs)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dynalens", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("info", help="what a store holds")
+    p.add_argument("store", help="path of the store directory")
+    p.add_argument("--run", default=None, help="run name (default: the latest)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_info)
+    p = sub.add_parser("demo", help="the main job on the embedded default task")
+    p.add_argument("--out", default="out/demo", help="output folder (default out/demo)")
+    p.add_argument("--epochs", type=int, default=None, help="training epochs (default: the demo's)")
+    p.set_defaults(func=_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``dynalens`` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except DynalensError as exc:
+        print(f"dynalens: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
