@@ -400,9 +400,11 @@ class Store:
         table = results.create_group(name)
         for col, values in columns.items():
             arr = np.asarray(values)
-            if arr.dtype == object:
-                arr = arr.astype(str)
-            table.create_array(col, data=arr)
+            if arr.dtype.kind in "OUS":  # text: zarr's variable-length UTF-8 strings
+                out = table.create_array(col, shape=arr.shape, dtype=str)
+                out[...] = arr.astype(object)
+            else:
+                table.create_array(col, data=arr)
         table.attrs.update({"columns": list(columns), **(attrs or {})})
 
     def get_result(self, name: str) -> tuple[dict[str, np.ndarray], dict[str, Any]] | None:
@@ -412,7 +414,10 @@ class Store:
             return None
         table = zarr.open_group(str(base), mode="r")
         attrs = dict(table.attrs)
-        cols = {c: np.asarray(table[c][...]) for c in attrs.get("columns", [])}  # type: ignore[index]
+        cols = {}
+        for c in attrs.get("columns", []):  # type: ignore[union-attr]
+            col = np.asarray(table[c][...])  # type: ignore[index]
+            cols[c] = col.astype(object) if col.dtype.kind == "T" else col
         return cols, attrs
 
     # -- summary ------------------------------------------------------------------------
