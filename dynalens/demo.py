@@ -10,6 +10,7 @@ store holds (``dynalens info``).
 from __future__ import annotations
 
 import shutil
+from collections import OrderedDict
 from pathlib import Path
 
 import torch
@@ -24,15 +25,16 @@ LAYERS = (12, 10, 7, 5, 4, 3, 2)
 
 
 def tishby_network(activation: type[nn.Module] = nn.Tanh, seed: int = 0) -> nn.Sequential:
-    """The 12-10-7-5-4-3-2 network; hidden layers are ``Linear`` + ``activation``, the
-    sites are the activation modules (``1``, ``3``, ... in ``named_modules``)."""
+    """The 12-10-7-5-4-3-2 network: ``fc1``, ``tanh1``, ..., ``fc5``, ``tanh5``, ``fc6``
+    (the activation modules are named after ``activation``, e.g. ``relu1``)."""
     torch.manual_seed(seed)
-    mods: list[nn.Module] = []
-    for i, (a, b) in enumerate(zip(LAYERS[:-1], LAYERS[1:])):
-        mods.append(nn.Linear(a, b))
-        if i < len(LAYERS) - 2:
-            mods.append(activation())
-    return nn.Sequential(*mods)
+    act = activation.__name__.lower()
+    mods: dict[str, nn.Module] = {}
+    for i, (a, b) in enumerate(zip(LAYERS[:-1], LAYERS[1:]), start=1):
+        mods[f"fc{i}"] = nn.Linear(a, b)
+        if i < len(LAYERS) - 1:
+            mods[f"{act}{i}"] = activation()
+    return nn.Sequential(OrderedDict(mods))
 
 
 def run_demo(out: str | Path = "out/demo", epochs: int | None = None) -> Path:

@@ -267,6 +267,7 @@ class Recorder:
         self._armed_step = step
         self._buf.clear()
         self._grad_registered: set[str] = set()
+        self._param_grads_taken = False
         self._probe_parts: dict[str, list[torch.Tensor]] = {}
         if self._armed and self._probe_x is not None and self.rank == 0:
             self._run_probe()
@@ -354,15 +355,12 @@ class Recorder:
                 self._warned_calls.add(name)
                 warnings.warn(
                     f"site {name!r} ran {n + 1} times in step {step}; only its first call of "
-                    "each recorded step is kept.",
+                    "each recorded step is kept (expected with gradient accumulation or weight "
+                    "sharing).",
                     stacklevel=3,
                 )
-        if "param_grads" in self.capture:
-            for name, site in self.sites.items():
-                for pname, p in site.module.named_parameters(recurse=False):
-                    if p.grad is not None:
-                        path = layout.array_path(layout.PARAM_GRADS, name, pname)
-                        self._buf.put(path, snapshot(p.grad, self.dtype), site, self._logical)
+        if "param_grads" in self.capture and not self._param_grads_taken:
+            self.capture_param_grads()
         for path, (t, _) in self._buf.tensors.items():
             seen = self._shapes.setdefault(path, (tuple(t.shape), t.dtype))
             if seen != (tuple(t.shape), t.dtype):
@@ -383,6 +381,21 @@ class Recorder:
             self._first_record_done = True
             sites = {name: s.describe() for name, s in self.sites.items()}
             self._bg.submit(self._writer.update_run_meta, {"sites": sites})
+
+    def capture_param_grads(self) -> None:
+        """Copy the sites' parameter gradients now (at a recorded step, once).
+
+        ``step()`` does this itself; call it earlier when the loop zeroes gradients
+        between ``optimizer.step()`` and ``rec.step()`` (the Hugging Face Trainer does;
+        its callback calls this before the optimizer step)."""
+        if not self._armed or "param_grads" not in self.capture or self._param_grads_taken:
+            return
+        self._param_grads_taken = True
+        for name, site in self.sites.items():
+            for pname, p in site.module.named_parameters(recurse=False):
+                if p.grad is not None:
+                    path = layout.array_path(layout.PARAM_GRADS, name, pname)
+                    self._buf.put(path, snapshot(p.grad, self.dtype), site, self._logical)
 
     def log(self, step: int, **scalars: Any) -> None:
         """Add numbers to the scalar table at ``step`` (any step, recorded or not)."""
