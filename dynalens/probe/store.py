@@ -39,6 +39,29 @@ from dynalens.probe.store_writer import is_store_root
 Array = np.ndarray | torch.Tensor
 
 
+def _read_records(arr: zarr.Array, directory: Path, sel: int | np.ndarray) -> np.ndarray:
+    """Records ``sel`` (one index, or an index array stacked on a new first axis).
+
+    Uncompressed arrays are read straight from their chunk files into one buffer (one
+    chunk per record, as the writer lays them out); compressed ones through zarr."""
+    many = not isinstance(sel, (int, np.integer))
+    if len(arr.compressors) or arr.chunks[0] != 1:
+        return np.asarray(arr.get_orthogonal_selection((sel,)) if many else arr[int(sel)])
+    idx = np.atleast_1d(np.asarray(sel, dtype=np.int64))
+    record = tuple(arr.shape[1:])
+    out = np.empty((len(idx), *record), dtype=np.dtype(arr.dtype).newbyteorder("<"))
+    tail = "/".join(["0"] * len(record))
+    for j, i in enumerate(idx):
+        key = directory / "c" / (f"{i}/{tail}" if tail else str(i))
+        try:
+            with open(key, "rb") as f:
+                f.readinto(memoryview(out[j]).cast("B"))
+        except FileNotFoundError:
+            out[j] = arr.fill_value
+    out = out.astype(out.dtype.newbyteorder("="), copy=False)
+    return out if many else out[0]
+
+
 def open_store(path: str | os.PathLike[str], run: str | None = None, *, mode: str = "r") -> Store:
     """Open a store for reading (``mode="r"``) or for adding analysis results (``"a"``).
 
@@ -250,8 +273,7 @@ class Store:
             if arr is None:
                 raise StoreError(f"rank {r} has no array {path!r} in run {self.run!r}.")
             arr = self._fresh(arr, n)
-            data = arr[sel] if step is not None else arr.get_orthogonal_selection((sel,))
-            parts.append(np.asarray(data))
+            parts.append(_read_records(arr, self.path / self.run / layout.rank_group(r) / path, sel))
         axis = 0 if step is not None else 1
         out = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=axis)
         logical = str(self._array(0, path).attrs.get("logical_dtype", out.dtype))  # type: ignore[union-attr]
