@@ -26,9 +26,10 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).parent))
-import dynalens  # noqa: E402
-from _machine import machine_info  # noqa: E402
-from dynalens.probe.store_writer import StoreWriter  # noqa: E402
+from _machine import machine_info
+
+import dynalens
+from dynalens.probe.store_writer import StoreWriter
 
 SITES = ["fc1", "fc2", "fc3", "act3"]
 
@@ -39,8 +40,13 @@ def make_model() -> nn.Sequential:
 
     return nn.Sequential(
         OrderedDict(
-            fc1=nn.Linear(784, 1024), act1=nn.ReLU(), fc2=nn.Linear(1024, 1024), act2=nn.ReLU(),
-            fc3=nn.Linear(1024, 1024), act3=nn.ReLU(), head=nn.Linear(1024, 10),
+            fc1=nn.Linear(784, 1024),
+            act1=nn.ReLU(),
+            fc2=nn.Linear(1024, 1024),
+            act2=nn.ReLU(),
+            fc3=nn.Linear(1024, 1024),
+            act3=nn.ReLU(),
+            head=nn.Linear(1024, 10),
         )
     )
 
@@ -70,8 +76,9 @@ def bench_overhead(total_steps: int, block: int, workdir: Path) -> dict:
     plain, recorded, closes = [], [], []
     for b in range(total_steps // (2 * block)):
         plain += train_block(model, opt, x, y, block)
-        rec = dynalens.Recorder(model, workdir / "overhead.zarr", sites=SITES, every=10,
-                                run=f"block{b}")
+        rec = dynalens.Recorder(
+            model, workdir / "overhead.zarr", sites=SITES, every=10, run=f"block{b}"
+        )
         recorded += train_block(model, opt, x, y, block, rec)
         t0 = time.perf_counter()
         rec.close()  # waits for the writer: counted against recording
@@ -91,8 +98,10 @@ def bench_overhead(total_steps: int, block: int, workdir: Path) -> dict:
 
 def bench_write(records: int, workdir: Path, repeats: int = 3) -> dict:
     rng = np.random.default_rng(0)
-    arrays = {f"activations/s{i}": (rng.standard_normal((512, 1024), dtype=np.float32), {})
-              for i in range(8)}
+    arrays = {
+        f"activations/s{i}": (rng.standard_normal((512, 1024), dtype=np.float32), {})
+        for i in range(8)
+    }
     total = records * sum(a.nbytes for a, _ in arrays.values())
     best = {"store": np.inf, "raw_files": np.inf, "raw_flat": np.inf}
     for r in range(repeats):
@@ -112,7 +121,7 @@ def bench_write(records: int, workdir: Path, repeats: int = 3) -> dict:
         best["raw_files"] = min(best["raw_files"], time.perf_counter() - t0)
         t0 = time.perf_counter()
         with open(d / "flat.bin", "wb") as f:
-            for i in range(records):
+            for _ in range(records):
                 for a, _ in arrays.values():
                     f.write(memoryview(a).cast("B"))
         best["raw_flat"] = min(best["raw_flat"], time.perf_counter() - t0)

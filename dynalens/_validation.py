@@ -23,9 +23,7 @@ def _describe(value: Any) -> str:
     return f"{text} ({type(value).__name__})"
 
 
-def check_int(
-    name: str, value: Any, *, min: int | None = None, max: int | None = None
-) -> int:
+def check_int(name: str, value: Any, *, min: int | None = None, max: int | None = None) -> int:
     """An integer (not bool) within ``[min, max]``."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise InvalidParameterError(f"{name} must be an integer; got {_describe(value)}.")
@@ -84,9 +82,7 @@ def as_2d_float(name: str, x: Any, *, dtype: Any = np.float64) -> np.ndarray:
             x = x.float()
         x = x.numpy()
     arr = np.asarray(x)
-    if arr.dtype == object or not (
-        np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_
-    ):
+    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
         raise InvalidInputError(
             f"{name} must hold numbers; got an array of dtype {arr.dtype}. "
             "Convert it with np.asarray(..., dtype=float) first."

@@ -37,10 +37,14 @@ def format_info(info: dict[str, Any]) -> str:
         f"scalars {', '.join(info['scalars']) or '-'}",
     ]
     if info.get("probe"):
-        lines.append(f"probe   {info['probe']['n']} samples (X{', Y' if info['probe']['has_y'] else ''})")
+        lines.append(
+            f"probe   {info['probe']['n']} samples (X{', Y' if info['probe']['has_y'] else ''})"
+        )
     lines.append(f"sites   {len(info['sites'])}")
     width = max([len(a["site"]) for a in info["arrays"]] + [4])
-    lines.append(f"  {'site':<{width}}  {'kind':<17} {'steps':>5}  {'shape':<18} {'dtype':<9} bytes")
+    lines.append(
+        f"  {'site':<{width}}  {'kind':<17} {'steps':>5}  {'shape':<18} {'dtype':<9} bytes"
+    )
     for a in info["arrays"]:
         shape = "(" + ", ".join(map(str, a["shape"])) + ")"
         lines.append(

@@ -9,6 +9,7 @@ store holds (``dynalens info``).
 
 from __future__ import annotations
 
+import itertools
 import shutil
 from collections import OrderedDict
 from pathlib import Path
@@ -30,7 +31,7 @@ def tishby_network(activation: type[nn.Module] = nn.Tanh, seed: int = 0) -> nn.S
     torch.manual_seed(seed)
     act = activation.__name__.lower()
     mods: dict[str, nn.Module] = {}
-    for i, (a, b) in enumerate(zip(LAYERS[:-1], LAYERS[1:]), start=1):
+    for i, (a, b) in enumerate(itertools.pairwise(LAYERS), start=1):
         mods[f"fc{i}"] = nn.Linear(a, b)
         if i < len(LAYERS) - 1:
             mods[f"{act}{i}"] = activation()

@@ -92,7 +92,9 @@ class StepBuffer:
         self.extra_calls.clear()
 
 
-def site_axes(site: Site, t: torch.Tensor, overrides: dict[str, tuple[str, ...]]) -> tuple[str, ...]:
+def site_axes(
+    site: Site, t: torch.Tensor, overrides: dict[str, tuple[str, ...]]
+) -> tuple[str, ...]:
     """The axes of a site's output: the user's, else inferred from module and ndim."""
     if site.axes is None:
         given = overrides.get(site.name)
@@ -101,5 +103,7 @@ def site_axes(site: Site, t: torch.Tensor, overrides: dict[str, tuple[str, ...]]
                 f"axes for site {site.name!r} name {len(given)} axes {tuple(given)}, but its "
                 f"output has {t.ndim} dims (shape {tuple(t.shape)}); give one name per dim."
             )
-        site.axes = tuple(given) if given is not None else default_axes(site.module, t.ndim, site.name)
+        site.axes = (
+            tuple(given) if given is not None else default_axes(site.module, t.ndim, site.name)
+        )
     return site.axes

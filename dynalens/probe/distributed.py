@@ -57,8 +57,8 @@ def make_writer(
 ) -> tuple[StoreWriter, str]:
     """The StoreWriter of this rank and the run name all ranks agreed on."""
     if not (dist.is_available() and dist.is_initialized()):
-        writer = _create(path, run, meta, **kw)
-        return writer, writer.run_group.basename
+        single = _create(path, run, meta, **kw)
+        return single, single.run_group.basename
     box: list[Any] = [None]
     writer: StoreWriter | None = None
     if rank == 0:

@@ -40,7 +40,6 @@ from dynalens.probe.hooks import HookSet, first_tensor
 from dynalens.probe.schedules import Schedule, as_schedule
 from dynalens.probe.sites import Site, SiteSpec, resolve_sites
 from dynalens.probe.store import Store, open_store
-from dynalens.probe.store_writer import StoreWriter
 
 CAPTURE_KINDS = ("activations", "inputs", "gradients", "param_grads")
 
@@ -100,7 +99,9 @@ class Recorder:
         self.model = model
         self.sites: dict[str, Site] = resolve_sites(model, sites)
         self.schedule = as_schedule(every)
-        self.capture = tuple(dict.fromkeys(check_option("capture", c, CAPTURE_KINDS) for c in capture))
+        self.capture = tuple(
+            dict.fromkeys(check_option("capture", c, CAPTURE_KINDS) for c in capture)
+        )
         self.dtype = torch_dtype(dtype)
         self._logical = check_option("dtype", dtype, STORAGE_DTYPES)
         check_option("compression", compression or "none", ("none", "zstd"))
@@ -304,7 +305,9 @@ class Recorder:
         self._probe_parts = {}
 
     def _fail_liveness(self, silent: list[str], where: str) -> None:
-        compiled = type(self.model).__name__ == "OptimizedModule" or hasattr(self.model, "_orig_mod")
+        compiled = type(self.model).__name__ == "OptimizedModule" or hasattr(
+            self.model, "_orig_mod"
+        )
         hint = (
             " The model is torch.compile'd: compiled graphs can skip module hooks; attach the "
             "Recorder to the model before compiling, or call torch._dynamo.reset()."
@@ -341,8 +344,11 @@ class Recorder:
             silent = [s for s in self.sites if s not in self._buf.fired]
             if silent:
                 self._fail_liveness(silent, f"step {step}")
-            missing = [s for s in self._buf.grads_pending if
-                       layout.array_path(layout.GRADIENTS, s) not in self._buf.tensors]
+            missing = [
+                s
+                for s in self._buf.grads_pending
+                if layout.array_path(layout.GRADIENTS, s) not in self._buf.tensors
+            ]
             if missing:
                 warnings.warn(
                     f"no gradient reached site(s) {missing} at step {step}: call rec.step() "
@@ -425,7 +431,9 @@ class Recorder:
             return
         try:
             if self._armed and not self._buf.fired and self._buf.tensors:
-                self._bg.submit(self._writer.write_record, self._armed_step, self._buf.arrays(), None)
+                self._bg.submit(
+                    self._writer.write_record, self._armed_step, self._buf.arrays(), None
+                )
             self._bg.submit(self._writer.close)
         finally:
             self._abort()

@@ -53,9 +53,7 @@ def resolve_sites(model: nn.Module, spec: SiteSpec) -> dict[str, Site]:
         InvalidParameterError: the spec is neither a name, a glob, a type nor a list.
     """
     if not isinstance(model, nn.Module):
-        raise InvalidParameterError(
-            f"model must be a torch.nn.Module; got {type(model).__name__}."
-        )
+        raise InvalidParameterError(f"model must be a torch.nn.Module; got {type(model).__name__}.")
     items: Sequence[Any] = [spec] if isinstance(spec, (str, type)) else spec
     if not isinstance(items, Sequence) or not items:
         raise InvalidParameterError(

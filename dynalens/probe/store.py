@@ -204,7 +204,11 @@ class Store:
             raise SiteNotFoundError(
                 f"no {kind!r} were recorded for site {site!r} in run {self.run!r}; "
                 f"recorded for it: {kinds or 'nothing yet'}."
-                + (" Pass probe=... or capture=... to the Recorder to record them." if kinds else "")
+                + (
+                    " Pass probe=... or capture=... to the Recorder to record them."
+                    if kinds
+                    else ""
+                )
             )
         return path
 
@@ -257,15 +261,19 @@ class Store:
             hits = np.flatnonzero(steps[valid] == step)
             if not len(hits):
                 recorded = steps[valid]
-                shown = ", ".join(str(s) for s in recorded[:8]) + (" ..." if len(recorded) > 8 else "")
+                shown = ", ".join(str(s) for s in recorded[:8]) + (
+                    " ..." if len(recorded) > 8 else ""
+                )
                 raise StepNotRecordedError(
                     f"step {step} holds no {kind!r} for site {site!r} in run {self.run!r}; "
                     f"recorded steps: [{shown}] ({len(recorded)} in all; store.steps(site) "
                     "lists them)."
                 )
             sel = int(valid[hits[-1]])
-        ranks = [0] if kind == layout.PARAM_GRADS else (
-            range(self.world_size) if rank is None else [rank]
+        ranks = (
+            [0]
+            if kind == layout.PARAM_GRADS
+            else (range(self.world_size) if rank is None else [rank])
         )
         parts = []
         for r in ranks:
@@ -273,7 +281,9 @@ class Store:
             if arr is None:
                 raise StoreError(f"rank {r} has no array {path!r} in run {self.run!r}.")
             arr = self._fresh(arr, n)
-            parts.append(_read_records(arr, self.path / self.run / layout.rank_group(r) / path, sel))
+            parts.append(
+                _read_records(arr, self.path / self.run / layout.rank_group(r) / path, sel)
+            )
         axis = 0 if step is not None else 1
         out = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=axis)
         logical = str(self._array(0, path).attrs.get("logical_dtype", out.dtype))  # type: ignore[union-attr]
@@ -292,7 +302,11 @@ class Store:
         ``"probe"`` (the fixed probe set); default the probe set when the run has one."""
         if source is None:
             kind = self._default_kind(site)
-            kind = kind if kind in (layout.ACTIVATIONS, layout.PROBE_ACTIVATIONS) else layout.ACTIVATIONS
+            kind = (
+                kind
+                if kind in (layout.ACTIVATIONS, layout.PROBE_ACTIVATIONS)
+                else layout.ACTIVATIONS
+            )
         else:
             check_option("source", source, ("batch", "probe"))
             kind = layout.PROBE_ACTIVATIONS if source == "probe" else layout.ACTIVATIONS
@@ -407,7 +421,9 @@ class Store:
         return parts[0] if len(parts) == 1 else da.concatenate(parts, axis=1)
 
     # -- cached analysis results ------------------------------------------------------
-    def put_result(self, name: str, columns: dict[str, Any], attrs: dict[str, Any] | None = None) -> None:
+    def put_result(
+        self, name: str, columns: dict[str, Any], attrs: dict[str, Any] | None = None
+    ) -> None:
         """Save an analysis table (equal-length columns) next to the records, replacing
         an older one of the same name. Needs ``open_store(..., mode="a")``."""
         if self.mode != "a":
@@ -435,9 +451,9 @@ class Store:
         if not (base / "zarr.json").exists():
             return None
         table = zarr.open_group(str(base), mode="r")
-        attrs = dict(table.attrs)
-        cols = {}
-        for c in attrs.get("columns", []):  # type: ignore[union-attr]
+        attrs: dict[str, Any] = dict(table.attrs)
+        cols: dict[str, np.ndarray] = {}
+        for c in attrs.get("columns", []):
             col = np.asarray(table[c][...])  # type: ignore[index]
             cols[c] = col.astype(object) if col.dtype.kind == "T" else col
         return cols, attrs
@@ -461,8 +477,14 @@ class Store:
                     shape[0] *= self.world_size
                 nbytes = count * int(np.prod(shape)) * np.dtype(arr.dtype).itemsize
                 arrays.append(
-                    {"kind": kind, "site": site, "steps": count, "shape": shape,
-                     "dtype": logical, "bytes": nbytes}
+                    {
+                        "kind": kind,
+                        "site": site,
+                        "steps": count,
+                        "shape": shape,
+                        "dtype": logical,
+                        "bytes": nbytes,
+                    }
                 )
         meta = self.meta
         scal = self.scalars()

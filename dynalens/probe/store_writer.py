@@ -21,7 +21,7 @@ import zarr
 from dynalens.errors import ShapeMismatchError, StoreError
 from dynalens.probe import layout
 
-_ARRAY_CONFIG = {"write_empty_chunks": True}
+_ARRAY_CONFIG: Any = {"write_empty_chunks": True}
 _SCALAR_CHUNK = 4096
 _STEP_CHUNK = 1024
 
@@ -104,7 +104,7 @@ class _RawArray:
         if self.raw:
             data = np.ascontiguousarray(block, dtype=self.dtype.newbyteorder("<"))
             key = self.dir / "c" / Path(*(str(c) for c in coords))
-            _atomic_write(key, memoryview(data).cast("B"), self.fsync)
+            _atomic_write(key, memoryview(data).cast("B"), self.fsync)  # type: ignore[arg-type]
         else:
             self.arr[sel] = block
 

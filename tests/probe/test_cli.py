@@ -31,7 +31,9 @@ def test_info_on_a_non_store_exits_2_with_a_message(tmp_path, capsys):
 
 
 def test_console_script_is_installed(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "dynalens.cli", "--help"], capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "dynalens.cli", "--help"], capture_output=True, text=True
+    )
     assert out.returncode == 0 and "info" in out.stdout and "demo" in out.stdout
 
 

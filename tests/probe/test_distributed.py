@@ -28,8 +28,13 @@ def _worker(rank: int, world: int, port: int, path: str) -> None:
         model = nn.Sequential(nn.Linear(5, 4), nn.Tanh(), nn.Linear(4, 2))
         ddp = nn.parallel.DistributedDataParallel(model)
         opt = torch.optim.SGD(ddp.parameters(), lr=0.1)
-        rec = dynalens.Recorder(ddp, path, sites=["module.0", "module.2"], every=2,
-                                capture=("activations", "gradients", "param_grads"))
+        rec = dynalens.Recorder(
+            ddp,
+            path,
+            sites=["module.0", "module.2"],
+            every=2,
+            capture=("activations", "gradients", "param_grads"),
+        )
         expected = []
         for step in range(4):
             g = torch.Generator().manual_seed(100 * step + rank)

@@ -107,7 +107,9 @@ def test_results_need_append_mode(store):
     with pytest.raises(ReadOnlyStoreError, match="mode='a'"):
         store.put_result("plane", {"x": [1.0]})
     appendable = dynalens.open_store(store.path, mode="a")
-    appendable.put_result("plane", {"site": ["fc1", "fc2"], "value": [0.5, 1.5]}, {"estimator": "b"})
+    appendable.put_result(
+        "plane", {"site": ["fc1", "fc2"], "value": [0.5, 1.5]}, {"estimator": "b"}
+    )
     cols, attrs = appendable.get_result("plane")
     assert cols["site"].tolist() == ["fc1", "fc2"] and attrs["estimator"] == "b"
     appendable.put_result("plane", {"value": [2.0]})  # replaces

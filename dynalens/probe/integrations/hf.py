@@ -21,7 +21,7 @@ from dynalens.probe.recorder import Recorder
 _tf = require("transformers", "RecorderTrainerCallback")
 
 
-class RecorderTrainerCallback(_tf.TrainerCallback):  # type: ignore[misc,name-defined]
+class RecorderTrainerCallback(_tf.TrainerCallback):  # type: ignore[name-defined]
     """Keyword arguments go to the Recorder."""
 
     def __init__(self, path: str, **recorder_kwargs: Any) -> None:
@@ -29,7 +29,9 @@ class RecorderTrainerCallback(_tf.TrainerCallback):  # type: ignore[misc,name-de
         self.recorder_kwargs = recorder_kwargs
         self.recorder: Recorder | None = None
 
-    def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kw: Any) -> None:
+    def on_train_begin(
+        self, args: Any, state: Any, control: Any, model: Any = None, **kw: Any
+    ) -> None:
         if self.recorder is None and model is not None:
             self.recorder = Recorder(
                 model, self.path, start_step=state.global_step, **self.recorder_kwargs

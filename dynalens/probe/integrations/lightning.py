@@ -1,7 +1,8 @@
 """A PyTorch Lightning callback that records with a :class:`~dynalens.Recorder`.
 
 >>> from dynalens.probe.integrations.lightning import RecorderCallback
->>> trainer = L.Trainer(callbacks=[RecorderCallback("runs/x.zarr", sites="model.layers.*", every=10)])
+>>> cb = RecorderCallback("runs/x.zarr", sites="model.layers.*", every=10)
+>>> trainer = L.Trainer(callbacks=[cb])
 
 Sites are named relative to the LightningModule (``model.fc1`` for ``self.model.fc1``).
 The step recorded is the optimizer step (``trainer.global_step`` before the update);
@@ -19,7 +20,7 @@ from dynalens.probe.recorder import Recorder
 _pl = require("lightning.pytorch", "RecorderCallback")
 
 
-class RecorderCallback(_pl.Callback):  # type: ignore[misc,name-defined]
+class RecorderCallback(_pl.Callback):  # type: ignore[name-defined]
     """Create a Recorder at ``fit`` start; step it after each optimizer step; close it
     at the end (also when training raises). Keyword arguments go to the Recorder."""
 
