@@ -2,8 +2,10 @@
 
 ``dynalens info STORE [--run RUN] [--json]``
     What a store holds: runs, sites, steps, shapes, dtypes, bytes.
-``dynalens demo [--out DIR] [--steps N]``
+``dynalens demo [--out DIR] [--epochs N]``
     The main job on the embedded default task (see :mod:`dynalens.demo`).
+``dynalens reproduce NAME [--out DIR] [--quick] [--var-u PATH]``
+    A paper reproduction (see :mod:`dynalens.ib.reproduce`).
 """
 
 from __future__ import annotations
@@ -70,6 +72,18 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _reproduce(args: argparse.Namespace) -> int:
+    from dynalens.ib.reproduce import reproduce
+
+    res = reproduce(args.name, args.out, quick=args.quick, epochs=args.epochs, var_u=args.var_u)
+    for run, entry in res["runs"].items():
+        for label, plane in entry["planes"].items():
+            comp = ", ".join(f"{s['site']} {s['compression']:.2f}" for s in plane["summary"])
+            print(f"{run} / {label}: compression (nats) per layer: {comp}")
+    print("files:\n  " + "\n  ".join(res["files"]))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dynalens", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -82,6 +96,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="out/demo", help="output folder (default out/demo)")
     p.add_argument("--epochs", type=int, default=None, help="training epochs (default: the demo's)")
     p.set_defaults(func=_demo)
+    from dynalens.ib.reproduce import REPRODUCTIONS
+
+    p = sub.add_parser("reproduce", help="reproduce a paper's figure")
+    p.add_argument("name", choices=sorted(REPRODUCTIONS), help="which paper")
+    p.add_argument("--out", default=None, help="output folder (default out/NAME)")
+    p.add_argument("--quick", action="store_true", help="a small configuration (minutes)")
+    p.add_argument("--epochs", type=int, default=None, help="training epochs")
+    p.add_argument("--var-u", default=None, help="path of the paper's var_u.mat labels")
+    p.set_defaults(func=_reproduce)
     return parser
 
 

@@ -32,6 +32,8 @@ SIGKILL at any point leaves every committed record readable.
 
 from __future__ import annotations
 
+from typing import Any
+
 SCHEMA_VERSION = 1
 ROOT_ATTR = "dynalens"
 RUN_ATTR = "dynalens_run"
@@ -43,6 +45,16 @@ PARAM_GRADS = "param_grads"
 PROBE_ACTIVATIONS = "probe_activations"
 KINDS = (ACTIVATIONS, GRADIENTS, INPUTS, PARAM_GRADS, PROBE_ACTIVATIONS)
 SCALARS = "scalars"
+
+
+#: zarr v3 "default" chunk keys with "." as separator: one flat file per record
+#: (``c.17.0.0``) instead of a directory per record
+CHUNK_KEY_ENCODING: Any = {"name": "default", "separator": "."}
+
+
+def chunk_key(coords: tuple[int, ...]) -> str:
+    """The file name of the chunk at ``coords`` under :data:`CHUNK_KEY_ENCODING`."""
+    return "c." + ".".join(str(c) for c in coords)
 
 
 def rank_group(rank: int) -> str:

@@ -50,9 +50,9 @@ def _read_records(arr: zarr.Array, directory: Path, sel: int | np.ndarray) -> np
     idx = np.atleast_1d(np.asarray(sel, dtype=np.int64))
     record = tuple(arr.shape[1:])
     out = np.empty((len(idx), *record), dtype=np.dtype(arr.dtype).newbyteorder("<"))
-    tail = "/".join(["0"] * len(record))
+    zeros = (0,) * len(record)
     for j, i in enumerate(idx):
-        key = directory / "c" / (f"{i}/{tail}" if tail else str(i))
+        key = directory / layout.chunk_key((int(i), *zeros))
         try:
             with open(key, "rb") as f:
                 f.readinto(memoryview(out[j]).cast("B"))

@@ -34,8 +34,9 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _atomic_write(path: Path, data: memoryview, fsync: bool) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+def _atomic_write(path: Path, data: memoryview, fsync: bool, mkdir: bool = True) -> None:
+    if mkdir:
+        path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex}.partial")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
@@ -103,8 +104,9 @@ class _RawArray:
         """Write one whole chunk; ``sel`` is the zarr selection it covers."""
         if self.raw:
             data = np.ascontiguousarray(block, dtype=self.dtype.newbyteorder("<"))
-            key = self.dir / "c" / Path(*(str(c) for c in coords))
-            _atomic_write(key, memoryview(data).cast("B"), self.fsync)  # type: ignore[arg-type]
+            key = self.dir / layout.chunk_key(coords)
+            view = memoryview(data).cast("B")  # type: ignore[arg-type]
+            _atomic_write(key, view, self.fsync, mkdir=False)
         else:
             self.arr[sel] = block
 
@@ -215,6 +217,7 @@ class StoreWriter:
             config=_ARRAY_CONFIG,
             attributes=attrs or {},
             dimension_names=("record", *dims) if dims else None,
+            chunk_key_encoding=layout.CHUNK_KEY_ENCODING,
             **kwargs,
         )
         return _RawArray(arr, self.group_dir / path, self.fsync)
@@ -334,10 +337,12 @@ class StoreWriter:
     # -- commit ---------------------------------------------------------------------
     def _commit(self) -> None:
         if self.fsync:
-            for directory in {self.group_dir, *(ra.dir / "c" for ra in self.arrays.values())}:
+            for directory in {self.group_dir, *(ra.dir for ra in self.arrays.values())}:
                 if directory.exists():
                     _fsync_dir(directory)
-        self.group.attrs.update(
+        # one atomic rewrite of the rank group's zarr.json (attrs.update would write
+        # it once per key)
+        self.group.update_attributes(
             {
                 "committed": self.committed,
                 "missing": self.missing,

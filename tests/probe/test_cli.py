@@ -3,6 +3,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 import dynalens
 from dynalens.cli import main
@@ -37,15 +38,21 @@ def test_console_script_is_installed(tmp_path):
     assert out.returncode == 0 and "info" in out.stdout and "demo" in out.stdout
 
 
-def test_demo_records_a_run(tmp_path, capsys):
+@pytest.mark.slow
+def test_demo_writes_a_report(tmp_path, capsys):
     from dynalens.demo import run_demo
 
-    path = run_demo(out=tmp_path / "demo", epochs=3)
-    assert "store written to" in capsys.readouterr().out
-    store = dynalens.open_store(path)
-    assert store.sites == ["tanh1", "tanh2", "tanh3", "tanh4", "tanh5"]
-    assert store.activations("tanh1", 0).shape == (4096, 10)
+    report = run_demo(out=tmp_path / "demo", epochs=2, records=3)
+    assert "report written to" in capsys.readouterr().out
+    html = report.read_text()
+    assert "Information plane" in html or "information plane" in html
+    assert html.count("plotly-graph-div") >= 6  # 2 networks x (2 planes + training)
+    store = dynalens.open_store(tmp_path / "demo" / "store.zarr", "relu")
+    assert store.sites == ["relu1", "relu2", "relu3", "relu4", "relu5"]
+    assert store.activations("relu1", 0).shape == (4096, 10)
     assert np.isfinite(store.scalars()["loss"]).all()
+    cached = [p.name for p in (tmp_path / "demo" / "store.zarr" / "relu" / "results").iterdir()]
+    assert any(name.startswith("information_plane-noisy") for name in cached)
 
 
 def test_import_dynalens_stays_light():

@@ -1,0 +1,290 @@
+"""Live gradient noise scale: an instrument attached to an existing training loop.
+
+At scheduled optimizer steps the instrument measures, for the examples of all backward
+passes since the previous step (gradient accumulation included),
+
+* ``source="per_example"``: per-example ``‖g_i‖²`` (hooks, :mod:`.per_example`) and the
+  batch gradient ``|G_B|²`` -- B_small = 1, B_big = B;
+* ``source="microbatch"``: only the gradient of each backward pass ``|G_k|²`` and of their
+  combination ``|G_B|²`` (no per-example hooks; "free" when accumulating) -- B_small =
+  examples per pass, B_big = all of them,
+
+turns them into the unbiased per-step ``tr Σ`` and ``|G|²`` (McCandlish et al. 2018,
+App. A.1, eqs. A.2-A.3; see :mod:`dynalens.dynamics.gns`), and averages those separately
+in a :class:`~dynalens.dynamics.stats.RatioStats` (EMA with ``beta``, or a plain mean) before
+dividing. Gradients are read from parameter hooks, so the values are from before gradient
+clipping. Per layer values are kept too.
+
+Scalars (floats) per measured step, through ``recorder.log(step, **scalars)`` and in
+:attr:`GradientNoiseScaleMonitor.history`: ``{prefix}.b_simple``, ``.b_simple_low``,
+``.b_simple_high`` (Fieller interval), ``.trace_sigma``, ``.grad_sq``, ``.step_trace_sigma``,
+``.step_grad_sq`` (this step's unbiased estimates), ``.batch_size``, ``.b_simple_over_b``
+(the norm-test statistic of Byrd et al. 2012: a batch of size B passes with θ² ≥ this), and
+per group ``{prefix}.b_simple.{group}``, ``.trace_sigma.{group}``, ``.grad_sq.{group}``.
+
+Example:
+    >>> gns = GradientNoiseScaleMonitor(model, optimizer=opt, every=10, recorder=rec)
+    >>> with gns:                        # hooks the model and opt.step()
+    ...     for x, y in loader:
+    ...         opt.zero_grad()
+    ...         loss_fn(model(x), y).mean().backward()
+    ...         opt.step()               # the instrument measures just before the update
+    >>> gns.compute()["gns.b_simple"]
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from dynalens._validation import check_float, check_int, check_option
+from dynalens.dynamics.gns import group_by_layer, two_batch_estimates
+from dynalens.dynamics.per_example import GradCapture, PerExampleGradNorms
+from dynalens.dynamics.stats import RatioStats
+from dynalens.errors import InvalidParameterError
+from dynalens.probe.hooks import HookSet
+from dynalens.probe.schedules import as_schedule
+
+SOURCES = ("per_example", "microbatch")
+GROUPINGS = ("layer", "param", "none")
+
+
+class GradientNoiseScaleMonitor:
+    """Measure ``B_simple`` live; see the module docstring.
+
+    Args:
+        model: the trained model.
+        optimizer: when given, the instrument measures from an ``optimizer.step`` pre-hook;
+            otherwise call :meth:`step` after the backward pass(es) of each step.
+        reduction: ``"mean"`` or ``"sum"``: how the backpropagated loss reduces the
+            per-example losses ``l_i`` within one backward pass.
+        loss_scale: extra factor on the backpropagated loss (1/accumulation steps, AMP
+            scale), float or callable.
+        every: schedule of measured steps (int, list, Schedule or callable).
+        beta: EMA decay of the statistics per measured step (1.0: mean since reset).
+        source: ``"per_example"`` or ``"microbatch"``.
+        batch_size: examples per backward pass; needed for ``source="microbatch"``.
+        groups: ``"layer"``, ``"param"``, ``"none"`` or ``{group: [param names]}``.
+        recorder: anything with ``log(step, **scalars)`` (the dynalens Recorder).
+        prefix: scalar name prefix.
+        policy, units: per-example rule policy (see :class:`PerExampleGradNorms`).
+        hooks: a HookSet to share (e.g. the Recorder's).
+        sync_ranks: average the per-step estimates over torch.distributed ranks.
+        start_step: number of the first optimizer step.
+        z: interval half-width in standard errors.
+        history: how many measured steps :attr:`history` keeps.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        optimizer: torch.optim.Optimizer | None = None,
+        reduction: str = "mean",
+        loss_scale: float | Callable[[], float] = 1.0,
+        every: Any = 1,
+        beta: float = 0.99,
+        source: str = "per_example",
+        batch_size: int | None = None,
+        groups: Any = "layer",
+        recorder: Any = None,
+        prefix: str = "gns",
+        policy: str = "raise",
+        units: tuple[str, ...] = (),
+        hooks: HookSet | None = None,
+        sync_ranks: bool = False,
+        start_step: int = 0,
+        z: float = 1.96,
+        history: int = 1000,
+    ) -> None:
+        self.model = model
+        self.optimizer = optimizer
+        self.reduction = reduction
+        self.loss_scale = loss_scale
+        self.every = every
+        self.beta = beta
+        self.source = source
+        self.batch_size = batch_size
+        self.groups = groups
+        self.recorder = recorder
+        self.prefix = prefix
+        self.policy = policy
+        self.units = units
+        self.hooks = hooks
+        self.sync_ranks = sync_ranks
+        self.start_step = start_step
+        self.z = z
+        self.history_len = history
+        self._engine: PerExampleGradNorms | None = None
+        self._opt_handle: Any = None
+
+    # ---------------------------------------------------------------- lifecycle
+    def attach(self) -> GradientNoiseScaleMonitor:
+        """Validate, register the hooks (model, parameters, optimizer); returns self."""
+        check_option("source", self.source, SOURCES)
+        check_float("beta", self.beta, min=0.0, max=1.0, min_inclusive=False)
+        check_float("z", self.z, min=0.0)
+        check_int("history", self.history_len, min=1)
+        self.schedule_ = as_schedule(self.every)
+        if self.recorder is not None and not callable(getattr(self.recorder, "log", None)):
+            raise InvalidParameterError(
+                f"recorder must have a log(step, **scalars) method; got "
+                f"{type(self.recorder).__name__}. Pass a dynalens Recorder or None."
+            )
+        if self._engine is not None:
+            raise InvalidParameterError("already attached; call detach() first.")
+        engine = PerExampleGradNorms(
+            self.model,
+            reduction=self.reduction,
+            loss_scale=self.loss_scale,
+            policy=self.policy,
+            hooks=self.hooks,
+            units=self.units,
+            capture_examples=self.source == "per_example",
+            batch_size=self.batch_size,
+        )
+        engine.attach()
+        self._engine = engine
+        self.group_names_, self._index = self._groups(engine.param_names_)
+        self.stats = RatioStats(len(self.group_names_) + 1, beta=self.beta)
+        self.history: deque[dict[str, float]] = deque(maxlen=self.history_len)
+        self._latest: dict[str, float] = {}
+        self._next = self.start_step
+        engine.active = self.schedule_(self._next)
+        if self.optimizer is not None:
+            self._opt_handle = self.optimizer.register_step_pre_hook(
+                lambda opt, args, kwargs: self._on_optimizer_step()
+            )
+        return self
+
+    def _groups(self, names: list[str]) -> tuple[list[str], list[list[int]]]:
+        where = {n: i for i, n in enumerate(names)}
+        if isinstance(self.groups, dict):
+            bad = [p for ps in self.groups.values() for p in ps if p not in where]
+            if bad:
+                raise InvalidParameterError(
+                    f"groups name parameters that are not measured: {bad[:5]}. Measured: "
+                    f"{names[:8]}{' ...' if len(names) > 8 else ''}"
+                )
+            spec = {g: list(ps) for g, ps in self.groups.items()}
+        else:
+            check_option("groups", self.groups, GROUPINGS)
+            if self.groups == "none":
+                spec = {}
+            elif self.groups == "param":
+                spec = {n: [n] for n in names}
+            else:
+                spec = group_by_layer(names)
+        return list(spec), [[where[p] for p in ps] for ps in spec.values()]
+
+    def detach(self) -> None:
+        """Remove every hook the instrument added."""
+        if self._opt_handle is not None:
+            self._opt_handle.remove()
+            self._opt_handle = None
+        if self._engine is not None:
+            self._engine.detach()
+            self._engine = None
+
+    def __enter__(self) -> GradientNoiseScaleMonitor:
+        return self.attach() if self._engine is None else self
+
+    def __exit__(self, *exc: object) -> None:
+        self.detach()
+
+    # -------------------------------------------------------------------- steps
+    def _on_optimizer_step(self) -> None:
+        self.step()
+
+    def step(self, step: int | None = None) -> dict[str, float] | None:
+        """Close the current optimizer step (call after its backward passes, before
+        ``zero_grad``); returns the logged scalars when the step was measured."""
+        engine = self._engine
+        if engine is None:
+            raise InvalidParameterError("the instrument is not attached; call attach().")
+        s = self._next if step is None else int(step)
+        out = None
+        if engine.active:
+            cap = engine.collect()
+            if cap.n_examples > 1:
+                out = self._update(s, cap)
+        else:
+            engine.reset()
+        self._next = s + 1
+        engine.active = self.schedule_(self._next)
+        return out
+
+    def _update(self, step: int, cap: GradCapture) -> dict[str, float] | None:
+        names = list(cap.batch_grad_sq)
+        b_big = float(np.mean([cap.batch_size[n] for n in names]))
+        big = np.array([cap.batch_grad_sq[n] for n in names])
+        if self.source == "per_example":
+            small = _means([cap.per_example[n] for n in names])
+            b_small = 1.0
+        else:
+            if len(cap.pass_sizes) < 2:
+                return None  # one pass: no two batch sizes this step
+            small = np.array([np.mean(cap.pass_grad_sq[n]) for n in names])
+            b_small = float(np.mean(cap.pass_sizes))
+        small_g = np.array([small[ix].sum() for ix in self._index] + [small.sum()])
+        big_g = np.array([big[ix].sum() for ix in self._index] + [big.sum()])
+        tr, g2 = two_batch_estimates(small_g, b_small, big_g, b_big)
+        if self.sync_ranks:
+            tr, g2 = _average_over_ranks(tr, g2)
+        self.stats.update(tr, g2)
+        res = self.stats.compute(self.z)
+        p = self.prefix
+        scal = {
+            f"{p}.b_simple": res["ratio"][-1],
+            f"{p}.b_simple_low": res["low"][-1],
+            f"{p}.b_simple_high": res["high"][-1],
+            f"{p}.trace_sigma": res["x"][-1],
+            f"{p}.grad_sq": res["y"][-1],
+            f"{p}.step_trace_sigma": tr[-1],
+            f"{p}.step_grad_sq": g2[-1],
+            f"{p}.batch_size": b_big,
+            f"{p}.b_simple_over_b": res["ratio"][-1] / b_big,
+        }
+        for i, g in enumerate(self.group_names_):
+            scal[f"{p}.b_simple.{g}"] = res["ratio"][i]
+            scal[f"{p}.trace_sigma.{g}"] = res["x"][i]
+            scal[f"{p}.grad_sq.{g}"] = res["y"][i]
+        scalars = {k: float(v) for k, v in scal.items()}
+        self._latest = scalars
+        self.history.append({"step": float(step), **scalars})
+        if self.recorder is not None:
+            self.recorder.log(step, **scalars)
+        return scalars
+
+    def compute(self) -> dict[str, float]:
+        """The scalars of the latest measured step (empty before the first)."""
+        return dict(self._latest)
+
+    def reset(self) -> None:
+        """Forget the accumulated statistics (e.g. at a learning-rate change)."""
+        self.stats.reset()
+        self._latest = {}
+
+
+def _means(rows: list[torch.Tensor]) -> np.ndarray:
+    """Mean of each [N] row, with one conversion when the rows share dtype and device."""
+    if len({(r.dtype, r.device) for r in rows}) == 1:
+        return np.asarray(torch.stack(rows).mean(1).double().tolist())
+    return np.array([float(r.double().mean()) for r in rows])
+
+
+def _average_over_ranks(tr: np.ndarray, g2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return tr, g2
+    t = torch.tensor(np.concatenate([tr, g2]), dtype=torch.float64)
+    dist.all_reduce(t)
+    t /= dist.get_world_size()
+    k = len(tr)
+    return t[:k].numpy(), t[k:].numpy()

@@ -1,0 +1,466 @@
+"""Per-example squared gradient norms ``‖∇θ l_i‖²`` of every parameter, by hooks.
+
+For per-example losses ``l_i`` and a backpropagated loss ``L = s·Σ_i l_i`` (``reduction=
+"sum"``) or ``L = s·(1/B)Σ_i l_i`` (``"mean"``), with ``s`` the ``loss_scale`` (gradient
+accumulation factor, AMP loss scale), the engine reports, per parameter and per example,
+
+    n_i(θ) = ‖∇θ l_i‖²        (units: loss² / θ-unit²; exact up to rounding)
+
+computed from the layer input ``a`` and ``g = ∂L/∂(output)`` captured by hooks, without
+materialising per-example gradients where a closed form exists (the rules and their
+references are in :mod:`dynalens.dynamics._rules`; Linear layers use
+:func:`dynalens.kernels.ghost_norm.linear_sq_norms`, which picks ghost (Gram) or
+materialise per call by the cost rule ``T(d_in + d_out) < d_in d_out``). Alongside, a tensor
+hook on each parameter sees the gradient of each backward pass, so the squared norm of the
+mini-batch mean gradient ``|G_B|²`` is measured too -- before clipping, and across
+gradient-accumulation passes (it uses ``p.grad`` as the running sum of earlier passes, so
+gradients must be zeroed at the start of each optimizer step, as usual).
+
+Captures use :class:`dynalens.probe.hooks.HookSet` (forward hooks that register tensor hooks
+on the module output), the mechanism the Recorder uses; pass the recorder's ``HookSet`` as
+``hooks=`` to share it. Parameters used by several calls in one pass (tied embeddings,
+reused layers) are combined exactly by summing materialised per-example gradients.
+
+Modules without a rule are handled by ``policy``: ``"raise"`` (default), ``"warn"`` (skip
+them and list them in :attr:`PerExampleGradNorms.skipped_`) or ``"fallback"``
+(``torch.func.vmap(grad)``). BatchNorm in training mode couples the examples; its
+per-example gradients are undefined and it is refused except under ``"warn"``.
+
+Example:
+    >>> engine = PerExampleGradNorms(model, reduction="mean").attach()
+    >>> loss_fn(model(x), y).mean().backward()
+    >>> cap = engine.collect()          # cap.per_example["0.weight"]: Tensor[B]
+    >>> engine.detach()
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from torch import nn
+from torch.utils.hooks import RemovableHandle
+
+from dynalens._validation import check_float, check_option
+from dynalens.dynamics._rules import FuncRule, Rule, rule_for
+from dynalens.errors import HookNotFiredError, InvalidInputError, InvalidParameterError, listing
+from dynalens.probe.hooks import HookSet, first_tensor
+
+Policy = Literal["raise", "warn", "fallback"]
+POLICIES = ("raise", "warn", "fallback")
+REDUCTIONS = ("mean", "sum")
+
+#: Modules whose forward uses child parameters without calling the children.
+OPAQUE: tuple[type[nn.Module], ...] = (nn.MultiheadAttention,)
+
+
+@dataclass
+class GradCapture:
+    """What one optimizer step's backward passes measured, in units of ``∇l_i``.
+
+    Attributes:
+        per_example: parameter name -> ``[N]`` ``‖∇θ l_i‖²`` for the N examples of all
+            passes (concatenated in pass order), in the computation dtype (float32 for
+            float32 / half models, float64 for float64 ones).
+        batch_grad_sq: parameter name -> ``|G_B|²``, the squared norm of the mean
+            gradient the optimizer sees (the passes weighted as the loss weighted them).
+        batch_size: parameter name -> effective batch size of ``G_B``,
+            ``(Σ_k c_k)² / Σ_k c_k²/B_k`` (= N for equal passes), so that
+            ``E|G_B|² = |G|² + tr Σ / batch_size`` holds exactly.
+        n_examples: N.
+        pass_grad_sq: parameter name -> ``|G_k|²`` of each backward pass k (the mean
+            gradient of that pass alone), for the two-batch (micro-batch) estimator.
+        pass_sizes: examples per pass.
+    """
+
+    per_example: dict[str, torch.Tensor] = field(default_factory=dict)
+    batch_grad_sq: dict[str, float] = field(default_factory=dict)
+    batch_size: dict[str, float] = field(default_factory=dict)
+    n_examples: int = 0
+    pass_grad_sq: dict[str, list[float]] = field(default_factory=dict)
+    pass_sizes: list[int] = field(default_factory=list)
+
+
+class _Call:
+    """One forward call of a module, completed by the gradient at its output."""
+
+    __slots__ = ("_per_example", "_sq", "g", "inputs", "module", "rule")
+
+    def __init__(self, rule: Rule, module: nn.Module, inputs: tuple[Any, ...], g: torch.Tensor):
+        self.rule, self.module, self.inputs, self.g = rule, module, inputs, g
+        self._sq: dict[str, torch.Tensor] | None = None
+        self._per_example: dict[str, torch.Tensor] | None = None
+
+    def sq(self, local: str) -> torch.Tensor:
+        if self._sq is None:
+            self._sq = self.rule.sq_norms(self.module, self.inputs, self.g)
+        return self._sq[local]
+
+    def per_example(self, local: str) -> torch.Tensor:
+        if self._per_example is None:
+            self._per_example = self.rule.per_example(self.module, self.inputs, self.g)
+        return self._per_example[local]
+
+
+class PerExampleGradNorms:
+    """Hook engine for per-example squared gradient norms (see the module docstring).
+
+    Args:
+        model: the model; every trainable parameter is measured (or reported as skipped).
+        reduction: how the backpropagated loss reduces the per-example losses over the
+            examples of one backward pass, ``"mean"`` or ``"sum"``.
+        loss_scale: extra factor on the backpropagated loss (``1/accumulation_steps``, an
+            AMP scale), a float or a callable returning one (read once per pass).
+        policy: ``"raise"``, ``"warn"`` or ``"fallback"`` for modules without a rule.
+        hooks: a :class:`HookSet` to register into (e.g. the Recorder's); default: own.
+        track_batch_grad: also measure ``|G_B|²`` through parameter hooks.
+        units: module names to treat as one unit with the ``torch.func`` fallback over
+            all their parameters (``nn.MultiheadAttention`` always is).
+        capture_examples: False: no per-example norms, only the per-pass and batch
+            gradient norms from parameter hooks (then ``batch_size`` = examples per pass).
+        batch_size: examples per backward pass, needed when ``capture_examples=False``.
+
+    Attributes (after :meth:`attach`):
+        plan_: module name -> rule name. ``skipped_``: parameter names not measured.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        reduction: str = "mean",
+        loss_scale: float | Callable[[], float] = 1.0,
+        policy: str = "raise",
+        hooks: HookSet | None = None,
+        track_batch_grad: bool = True,
+        units: Iterable[str] = (),
+        capture_examples: bool = True,
+        batch_size: int | None = None,
+    ) -> None:
+        self.model = model
+        self.reduction = reduction
+        self.loss_scale = loss_scale
+        self.policy = policy
+        self.hooks = hooks
+        self.track_batch_grad = track_batch_grad
+        self.units = tuple(units)
+        self.capture_examples = capture_examples
+        self.batch_size = batch_size
+        self.active = True
+        self._busy = False
+        self._warned_bad = False
+        self.excluded_: list[str] = []
+        self._handles: list[RemovableHandle] = []
+        self._own_hooks: HookSet | None = None
+
+    # ------------------------------------------------------------------ attach
+    def _validate(self) -> None:
+        if not isinstance(self.model, nn.Module):
+            raise InvalidParameterError(
+                f"model must be a torch.nn.Module; got {type(self.model).__name__}."
+            )
+        check_option("reduction", self.reduction, REDUCTIONS)
+        check_option("policy", self.policy, POLICIES)
+        if not self.capture_examples:
+            from dynalens._validation import check_int
+
+            if self.batch_size is None:
+                raise InvalidParameterError(
+                    "capture_examples=False needs batch_size= (examples per backward pass): "
+                    "without per-example hooks the engine cannot see the batch."
+                )
+            check_int("batch_size", self.batch_size, min=1)
+        if not callable(self.loss_scale):
+            check_float("loss_scale", self.loss_scale, min=0.0, min_inclusive=False)
+        names = dict(self.model.named_modules())
+        for u in self.units:
+            if u not in names:
+                from dynalens.errors import SiteNotFoundError, close_matches
+
+                raise SiteNotFoundError(
+                    f"units: module {u!r} not found{close_matches(u, names)} "
+                    f"Modules: {listing(n for n in names if n)}"
+                )
+
+    def _plan(self) -> list[tuple[str, nn.Module, Rule, list[tuple[str, nn.Parameter]]]]:
+        units = set(self.units)
+        plan, unsupported, batchnorm = [], [], []
+        covered: set[str] = set()
+        for mname, m in self.model.named_modules():
+            if any(mname.startswith(c + ".") for c in covered):
+                continue
+            opaque = isinstance(m, OPAQUE) or mname in units
+            own = [(n, p) for n, p in m.named_parameters(recurse=opaque) if p.requires_grad]
+            if opaque:
+                covered.add(mname)
+            if not own:
+                continue
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                batchnorm.append(mname)
+                continue
+            if isinstance(m, nn.MultiheadAttention) and not m.batch_first:
+                raise InvalidParameterError(
+                    f"module {mname!r} is nn.MultiheadAttention with batch_first=False; "
+                    "per-example gradients need the batch on dim 0. Build it with "
+                    "batch_first=True."
+                )
+            rule = None if opaque else rule_for(m)
+            if rule is None:
+                if mname in units or self.policy == "fallback":
+                    rule = FuncRule(recurse=opaque)
+                else:
+                    unsupported.append(f"{mname} ({type(m).__name__})")
+                    continue
+            plan.append((mname, m, rule, own))
+        skipped = list(batchnorm) + unsupported
+        if batchnorm and self.policy != "warn":
+            raise InvalidParameterError(
+                f"per-example gradients are undefined for batch-normalised modules "
+                f"({listing(batchnorm)}): batch statistics couple the examples. Use "
+                "GroupNorm/LayerNorm, or policy='warn' to skip them (their parameters are "
+                "then left out of every statistic)."
+            )
+        if unsupported and self.policy == "raise":
+            raise InvalidParameterError(
+                f"no per-example gradient rule for {listing(unsupported)}; rules exist for "
+                "Linear, Embedding, LayerNorm, RMSNorm, GroupNorm and Conv2d (groups=1). "
+                "Pass policy='fallback' to use torch.func.vmap(grad) for these modules, or "
+                "policy='warn' to leave their parameters out."
+            )
+        if skipped and self.policy == "warn":
+            warnings.warn(
+                f"per-example gradient norms leave out the parameters of {listing(skipped)}"
+                " (no rule; policy='warn'). Statistics cover the other parameters only.",
+                stacklevel=3,
+            )
+        self._skipped_modules = skipped
+        return plan
+
+    def attach(self) -> PerExampleGradNorms:
+        """Validate, choose a rule per module and register the hooks; returns self."""
+        self._validate()
+        if self._handles or self._own_hooks is not None:
+            raise InvalidParameterError(
+                "this engine is already attached; call detach() before attaching again."
+            )
+        if self.capture_examples:
+            plan = self._plan()
+        else:
+            plan = [("", self.model, Rule(), [(n, p) for n, p in self.model.named_parameters()
+                                               if p.requires_grad])]  # fmt: skip
+        pname = {id(p): n for n, p in self.model.named_parameters()}
+        self.plan_ = {mname: rule.name for mname, _, rule, _ in plan}
+        measured = {id(p) for *_, own in plan for _, p in own}
+        self.skipped_ = sorted(n for i, n in pname.items() if i not in measured)
+        self.param_names_ = [n for i, n in pname.items() if i in measured]
+        if self.hooks is None:
+            self._own_hooks = HookSet()
+        hooks = self.hooks if self.hooks is not None else self._own_hooks
+        assert hooks is not None
+        self.reset()
+        for _, m, rule, own in plan if self.capture_examples else []:
+            entries = [(local, id(p)) for local, p in own]
+            hooks.on_forward(m, self._forward_hook(rule, entries))
+        params = {id(p): p for _, p in self.model.named_parameters()}
+        for i in measured:
+            self._handles.append(params[i].register_hook(self._param_hook(params[i], pname[i])))
+        return self
+
+    def detach(self) -> None:
+        """Remove every hook this engine added (its own HookSet, and parameter hooks)."""
+        while self._handles:
+            self._handles.pop().remove()
+        if self._own_hooks is not None:
+            self._own_hooks.remove()
+            self._own_hooks = None
+        self.reset()
+
+    def __enter__(self) -> PerExampleGradNorms:
+        return self.attach() if not self._handles else self
+
+    def __exit__(self, *exc: object) -> None:
+        self.detach()
+
+    # ------------------------------------------------------------------- hooks
+    def _forward_hook(self, rule: Rule, entries: list[tuple[str, int]]) -> Callable[..., None]:
+        def fwd(mod: nn.Module, args: tuple[Any, ...], out: Any) -> None:
+            if not self.active or self._busy:  # _busy: a fallback rule replays a forward
+                return
+            t = first_tensor(out)
+            if t is None or not t.requires_grad:
+                return
+
+            def on_grad(grad: torch.Tensor) -> None:
+                call = _Call(rule, mod, args, grad)
+                for local, pid in entries:
+                    self._pending[pid].append((call, local))
+
+            t.register_hook(on_grad)
+
+        return fwd
+
+    def _param_hook(self, p: nn.Parameter, name: str) -> Callable[[torch.Tensor], None]:
+        pid = id(p)
+
+        def hook(grad: torch.Tensor) -> None:
+            if not self.active:
+                return
+            calls = self._pending.pop(pid, None)
+            if not self.capture_examples:
+                self._record_pass(name, p, grad, None, int(self.batch_size or 1))
+                return
+            if not calls:
+                self._missed.add(name)
+                return
+            self._busy = True
+            try:
+                if len(calls) == 1:
+                    call, local = calls[0]
+                    sq = call.sq(local)
+                else:
+                    total = calls[0][0].per_example(calls[0][1])
+                    for call, local in calls[1:]:
+                        total = total + call.per_example(local)
+                    sq = total.flatten(1).pow(2).sum(1)
+            finally:
+                self._busy = False
+            self._record_pass(name, p, grad, sq, sq.shape[0])
+
+        return hook
+
+    def _record_pass(
+        self, name: str, p: nn.Parameter, grad: torch.Tensor, sq: torch.Tensor | None, B: int
+    ) -> None:
+        # Runs inside backward for every parameter: keep it to two dot products and list
+        # appends; conversions and scaling happen once per step in collect().
+        s = float(self.loss_scale()) if callable(self.loss_scale) else self.loss_scale
+        c = s if self.reduction == "mean" else s * B  # coefficient of G_pass in grad
+        if sq is not None:
+            self._per_example[name].append((sq.detach(), c / B))
+        self._passes[name].append((B, c))
+        if self.track_batch_grad:
+            flat = grad.detach().reshape(-1)
+            self._scalars.append(flat.dot(flat))
+            cross = -1
+            if p.grad is not None:
+                self._scalars.append(flat.dot(p.grad.detach().reshape(-1)))
+                cross = len(self._scalars) - 1
+            self._dots[name].append((len(self._scalars) - 1 - (cross >= 0), cross))
+
+    # ------------------------------------------------------------------ results
+    def reset(self) -> None:
+        """Forget what was captured since the last :meth:`collect`."""
+        self._pending: dict[int, list[tuple[_Call, str]]] = defaultdict(list)
+        self._per_example: dict[str, list[tuple[torch.Tensor, float]]] = defaultdict(list)
+        self._passes: dict[str, list[tuple[int, float]]] = defaultdict(list)
+        self._dots: dict[str, list[tuple[int, int]]] = defaultdict(list)
+        self._scalars: list[torch.Tensor] = []
+        self._missed: set[str] = set()
+
+    def collect(self, *, reset: bool = True) -> GradCapture:
+        """The per-example norms and ``|G_B|²`` of the passes since the last collect."""
+        if self._missed:
+            raise HookNotFiredError(
+                f"parameters {listing(self._missed)} received gradients, but no forward "
+                "call of the module that owns them was captured (a parent module used them "
+                "without calling the child, as nn.MultiheadAttention does with out_proj). "
+                "Name that parent in units=[...] so it is measured as one unit."
+            )
+        cap = GradCapture()
+        lengths = {n: sum(b for b, _ in v) for n, v in self._passes.items()}
+        if lengths:
+            N = max(lengths.values())
+            bad = {n: k for n, k in lengths.items() if k != N}
+            if bad and self.policy == "raise":
+                raise InvalidInputError(
+                    f"some parameters saw fewer examples than the others "
+                    f"({listing(f'{n}: {k} of {N}' for n, k in bad.items())}): they were "
+                    "unused in some backward passes, or their module ran on a batch that is "
+                    "broadcast later (e.g. a position embedding called with (1, T) indices), "
+                    "so their per-example gradients cannot be recovered from the module "
+                    "output. Use policy='warn' to leave them out, or collect() after each pass."
+                )
+            if bad and not self._warned_bad:
+                warnings.warn(
+                    f"per-example gradient norms leave out {listing(bad)}: they saw fewer "
+                    f"examples than the other parameters (broadcast batch or unused in some "
+                    "passes); they count as zero in every statistic.",
+                    stacklevel=2,
+                )
+                self._warned_bad = True
+            self.excluded_ = sorted(set(self.excluded_) | set(bad))
+            cap.n_examples = N
+        vals = _to_floats(self._scalars)
+        for name in self.param_names_:
+            passes = self._passes.get(name)
+            if not passes or name in self.excluded_:  # unused or left out: zero
+                cap.per_example[name] = torch.zeros(cap.n_examples, dtype=torch.float64)
+                cap.batch_size[name] = float(cap.n_examples)
+                cap.batch_grad_sq[name] = 0.0
+                continue
+            if name in self._per_example:
+                parts = [sq * (1.0 / (d * d)) for sq, d in self._per_example[name]]
+                cap.per_example[name] = parts[0] if len(parts) == 1 else torch.cat(parts)
+            sizes = [b for b, _ in passes]
+            if len(sizes) > len(cap.pass_sizes):
+                cap.pass_sizes = sizes
+            sc = sum(c for _, c in passes)
+            cap.batch_size[name] = sc * sc / sum(c * c / b for b, c in passes)
+            if self.track_batch_grad:
+                dots = self._dots[name]
+                big = sum(vals[i] + (2.0 * vals[j] if j >= 0 else 0.0) for i, j in dots)
+                cap.batch_grad_sq[name] = big / (sc * sc)
+                cap.pass_grad_sq[name] = [vals[i] / (c * c) for (i, _), (_, c) in zip(dots, passes)]
+        if reset:
+            self.reset()
+        return cap
+
+
+def _to_floats(scalars: list[torch.Tensor]) -> list[float]:
+    """0-d tensors to Python floats with one conversion when they share a dtype."""
+    if not scalars:
+        return []
+    if len({t.dtype for t in scalars}) == 1 and len({t.device for t in scalars}) == 1:
+        return torch.stack(scalars).double().tolist()
+    return [float(t) for t in scalars]
+
+
+def per_example_sq_norms(
+    model: nn.Module,
+    loss_fn: Callable[[Any, Any], torch.Tensor],
+    inputs: Any,
+    targets: Any,
+    *,
+    policy: str = "raise",
+) -> dict[str, torch.Tensor]:
+    """``{param name: [B] ‖∇θ l_i‖²}`` for one batch; ``.grad`` is left untouched.
+
+    ``loss_fn(outputs, targets)`` returns the ``[B]`` per-example losses.
+    """
+    engine = PerExampleGradNorms(model, reduction="sum", policy=policy, track_batch_grad=False)
+    with engine:
+        losses = loss_fn(model(inputs), targets)
+        check_losses(losses, None)
+        params = [p for p in model.parameters() if p.requires_grad]
+        torch.autograd.grad(losses.sum(), params, allow_unused=True)
+        return engine.collect().per_example
+
+
+def check_losses(losses: Any, batch: int | None) -> None:
+    """The loss function returned ``[B]`` per-example losses."""
+    if not isinstance(losses, torch.Tensor) or losses.ndim != 1:
+        shape = tuple(losses.shape) if isinstance(losses, torch.Tensor) else type(losses).__name__
+        raise InvalidInputError(
+            f"loss_fn must return per-example losses of shape [B]; got {shape}. Use "
+            "reduction='none' (e.g. F.cross_entropy(out, y, reduction='none')) and sum any "
+            "per-token axes per example."
+        )
+    if batch is not None and losses.shape[0] != batch:
+        raise InvalidInputError(
+            f"loss_fn returned {losses.shape[0]} losses for a batch of {batch} examples; "
+            "return one loss per example."
+        )

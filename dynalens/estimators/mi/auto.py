@@ -1,0 +1,173 @@
+"""Method registry and the automatic choice of an estimator (``method="auto"``).
+
+The rules, in order (the first that applies wins; the reason is recorded in
+``result.details["auto_reason"]``):
+
+1. ``noise_var`` given → ``noisy`` (the known-channel estimator of a stochastic layer;
+   x is the conditioning variable, y the layer's clean activations).
+2. both variables discrete → ``binning`` (exact plug-in on the symbols, Miller-Madow
+   corrected).
+3. one discrete, one continuous:
+
+   * if the discrete one is (almost) all distinct rows — e.g. the 4096 inputs of the
+     Shwartz-Ziv & Tishby task against a deterministic continuous layer — refuse: I(X;T)
+     of a deterministic continuous layer over distinct inputs is H(X) for any injective
+     layer (infinite for continuous X), so no estimator can give a meaningful number. Pass
+     ``noise_var`` (stochastic layer) or ask for ``method="binning"`` explicitly;
+   * otherwise → ``ksg`` (Ross 2014 estimator for a continuous variable and a label).
+4. both continuous → ``ksg`` (KSG-1, standardised, Gao et al. tie handling). Beyond ~20
+   joint dimensions KSG is biased downward; the reason says so.
+
+Discreteness (when ``x_discrete`` / ``y_discrete`` are None): integer or bool dtype, or
+floats whose values are all whole numbers with at most n/5 distinct rows.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from dynalens.errors import EstimatorRegimeError
+from dynalens.estimators.mi._base import MIEstimator, MIResult, Variable
+from dynalens.estimators.mi.adaptive_binning import AdaptiveBinningMI
+from dynalens.estimators.mi.binning import BinningMI
+from dynalens.estimators.mi.gaussian import GaussianCopulaMI, GaussianMI
+from dynalens.estimators.mi.kde import KDEMI
+from dynalens.estimators.mi.ksg import KSGMI
+from dynalens.estimators.mi.lossy import LossyMI
+from dynalens.estimators.mi.neural import MINE, InfoNCE
+from dynalens.estimators.mi.noisy import NoisyChannelMI
+from dynalens.estimators.mi.renyi import CauchySchwarzQMI, RenyiMI
+
+__all__ = ["REGISTRY", "AutoMI", "select_method"]
+
+#: registry name -> estimator class
+REGISTRY: dict[str, type[MIEstimator]] = {
+    cls.name: cls
+    for cls in (
+        BinningMI,
+        AdaptiveBinningMI,
+        KDEMI,
+        KSGMI,
+        GaussianMI,
+        GaussianCopulaMI,
+        NoisyChannelMI,
+        LossyMI,
+        RenyiMI,
+        CauchySchwarzQMI,
+        InfoNCE,
+        MINE,
+    )
+}
+
+#: methods that take ``noise_var``
+NOISE_METHODS = ("noisy", "kde", "lossy")
+HIGH_DIM = 20
+
+
+def _mostly_distinct(v: Variable) -> bool:
+    codes = torch.unique(v.data, dim=0, return_inverse=True)[1]
+    counts = torch.bincount(codes)
+    return int((counts[codes] < 2).sum()) > 0.1 * v.n
+
+
+def select_method(vx: Variable, vy: Variable, noise_var: float | None) -> tuple[str, str]:
+    """(method, reason) for validated variables; raises EstimatorRegimeError where no
+    estimator can give a meaningful number."""
+    if noise_var is not None:
+        return "noisy", (
+            "noise_var given: known-channel Monte-Carlo estimate of the stochastic layer y "
+            "(clean activations) given x"
+        )
+    if vx.discrete and vy.discrete:
+        return "binning", "both variables discrete: exact plug-in entropies of the symbols"
+    if vx.discrete != vy.discrete:
+        disc = vx if vx.discrete else vy
+        if _mostly_distinct(disc):
+            raise EstimatorRegimeError(
+                f"{disc.name} is discrete with (almost) every row distinct, and the other "
+                "variable is continuous without a noise model: I(X;T) of a deterministic "
+                "continuous layer over distinct inputs is H(X) for any injective layer, so no "
+                "estimator can say anything about T. Pass noise_var=... (stochastic layer, "
+                "method 'noisy'), or method='binning' to reproduce Shwartz-Ziv & Tishby."
+            )
+        return "ksg", "one discrete, one continuous variable: Ross (2014) kNN estimator"
+    d = vx.d + vy.d
+    if d > HIGH_DIM:
+        return "ksg", (
+            f"both continuous, {d} joint dimensions: KSG with Gao et al. tie handling; "
+            "biased downward in this dimension (consider method='lossy' or a noise model)"
+        )
+    return "ksg", "both continuous: KSG-1 (max-norm, standardised, Gao et al. ties)"
+
+
+class AutoMI(MIEstimator):
+    """Pick a valid estimator from the data (see the module docstring) and run it.
+
+    The result's ``method`` names the estimator that ran and ``details["auto_reason"]``
+    says why. ``params`` are forwarded to the chosen estimator.
+
+    Args:
+        noise_var: variance of the noise added to the layer y, if it is stochastic.
+        params: parameters of the chosen estimator (dict), e.g. ``{"k": 5}``.
+    """
+
+    name = "auto"
+    symmetric = False
+    supports_entropy = True
+
+    def __init__(self, noise_var: float | None = None, params: dict[str, Any] | None = None):
+        self.noise_var = noise_var
+        self.params = params
+
+    def _check_params(self) -> dict[str, Any]:
+        if self.noise_var is not None:
+            from dynalens.estimators.mi.noisy import check_noise_var
+
+            check_noise_var(self.noise_var, "auto")
+        return {"noise_var": self.noise_var, "params": dict(self.params or {})}
+
+    def _make(self, method: str, params: dict[str, Any]) -> MIEstimator:
+        from dynalens.estimators.mi import make_estimator
+
+        return make_estimator(method, params["noise_var"], params["params"])
+
+    def _estimate(self, vx: Variable, vy: Variable, params: dict[str, Any]) -> MIResult:
+        method, reason = select_method(vx, vy, params["noise_var"])
+        est = self._make(method, params)
+        res = est._estimate(vx, vy, est._check_params())
+        return MIResult(
+            estimate=res.estimate,
+            method=res.method,
+            units=res.units,
+            quantity=res.quantity,
+            lower=res.lower,
+            upper=res.upper,
+            stderr=res.stderr,
+            n=res.n,
+            params=res.params,
+            details={**res.details, "auto_reason": reason},
+        )
+
+    def _entropy(self, v: Variable, params: dict[str, Any]) -> MIResult:
+        if params["noise_var"] is not None:
+            method, reason = "noisy", "noise_var given: entropy of the Gaussian mixture"
+        elif v.discrete:
+            method, reason = "binning", "discrete: plug-in entropy of the symbols"
+        else:
+            method, reason = "ksg", "continuous: Kozachenko-Leonenko kNN entropy"
+        est = self._make(method, params)
+        res = est._entropy(v, est._check_params())
+        return MIResult(
+            estimate=res.estimate,
+            method=res.method,
+            units=res.units,
+            quantity=res.quantity,
+            lower=res.lower,
+            upper=res.upper,
+            stderr=res.stderr,
+            n=res.n,
+            params=res.params,
+            details={**res.details, "auto_reason": reason},
+        )

@@ -1,0 +1,111 @@
+"""Plotly figures of the information plane and of training curves (read from tables
+and stores only; computing lives in :mod:`dynalens.ib.plane`)."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from dynalens._optional import require
+
+NATS_PER_BIT = math.log(2.0)
+
+
+def plot_information_plane(
+    table: Any, *, title: str | None = None, units: str = "bits", show_bounds: bool = True
+) -> Any:
+    """The information plane as the papers draw it: one line per layer through its
+    (I(X;T), I(T;Y)) points, markers coloured by epoch (or step) on a log scale.
+
+    Args:
+        table: the DataFrame of :func:`~dynalens.ib.plane.information_plane`.
+        units: ``"bits"`` (the papers' axes) or ``"nats"`` (the table's).
+        show_bounds: draw the estimator's lower / upper bounds on I(X;T) as error bars.
+    """
+    go = require("plotly.graph_objects", "plot_information_plane")
+    scale = NATS_PER_BIT if units == "bits" else 1.0
+    time_col = "epoch" if table["epoch"].notna().all() else "step"
+    fig = go.Figure()
+    cmin = math.log10(1 + float(table[time_col].min()))
+    cmax = math.log10(1 + float(table[time_col].max()))
+    for i, (site, part) in enumerate(table.groupby("layer", sort=True)["site"].first().items()):
+        rows = table[table["layer"] == site].sort_values("step")
+        name = f"layer {site}: {part}"
+        err = None
+        if show_bounds and rows["I_XT_upper"].notna().any():
+            err = {
+                "type": "data",
+                "symmetric": False,
+                "array": (rows["I_XT_upper"] - rows["I_XT"]) / scale,
+                "arrayminus": (rows["I_XT"] - rows["I_XT_lower"]) / scale,
+                "thickness": 0.7,
+                "width": 0,
+            }
+        fig.add_trace(
+            go.Scatter(
+                x=rows["I_XT"] / scale,
+                y=rows["I_TY"] / scale,
+                mode="lines+markers",
+                name=name,
+                error_x=err,
+                line={"width": 1, "color": "rgba(120,120,120,0.5)"},
+                marker={
+                    "size": 7,
+                    "color": [math.log10(1 + float(v)) for v in rows[time_col]],
+                    "colorscale": "Viridis",
+                    "cmin": cmin,
+                    "cmax": cmax,
+                    "showscale": i == 0,
+                    "colorbar": {"title": f"log10(1+{time_col})"},
+                    "symbol": i % 24,
+                },
+                customdata=rows[["step", time_col]].to_numpy(),
+                hovertemplate=(
+                    f"{name}<br>I(X;T)=%{{x:.3f}} {units}<br>I(T;Y)=%{{y:.3f}} {units}"
+                    f"<br>step %{{customdata[0]}}, {time_col} %{{customdata[1]}}<extra></extra>"
+                ),
+            )
+        )
+    est = ", ".join(sorted(set(map(str, table["estimator"]))))
+    fig.update_layout(
+        title=title or f"Information plane ({est})",
+        xaxis_title=f"I(X;T) [{units}]",
+        yaxis_title=f"I(T;Y) [{units}]",
+        template="plotly_white",
+        legend={"orientation": "h", "yanchor": "top", "y": -0.18, "x": 0},
+        width=760,
+        height=580,
+    )
+    return fig
+
+
+def plot_scalars(df: Any, columns: list[str], *, title: str = "training", x: str = "step") -> Any:
+    """Line plots of scalar-table columns (loss, accuracy, ...) against ``x``."""
+    go = require("plotly.graph_objects", "plot_scalars")
+    fig = go.Figure()
+    for col in columns:
+        if col in df.columns:
+            part = df[[x, col]].dropna()
+            fig.add_trace(go.Scatter(x=part[x], y=part[col], mode="lines", name=col))
+    fig.update_layout(title=title, xaxis_title=x, template="plotly_white", width=760, height=360)
+    fig.update_xaxes(type="log")
+    return fig
+
+
+def save_figure(fig: Any, path: str | os.PathLike[str], *, png: bool = True) -> list[Path]:
+    """Write ``fig`` as self-contained HTML (plotly.js inlined: works offline) and, when
+    kaleido can render, as PNG next to it. Returns the files written."""
+    html = Path(path).with_suffix(".html")
+    html.parent.mkdir(parents=True, exist_ok=True)
+    fig.write_html(html, include_plotlyjs=True)
+    written = [html]
+    if png:
+        out = html.with_suffix(".png")
+        try:
+            fig.write_image(out, scale=2)
+            written.append(out)
+        except Exception:  # kaleido missing, or no browser for it: HTML is enough
+            pass
+    return written

@@ -1,0 +1,192 @@
+"""The information plane: I(X;T) and I(T;Y) of every recorded layer at every recorded step.
+
+The papers (Shwartz-Ziv & Tishby 2017; Saxe et al. 2018; Chelombiev et al. 2019;
+Goldfeld et al. 2019) measure each layer T on the same inputs at every epoch, with X
+uniform over those inputs. A store recorded with a fixed probe set holds exactly that:
+``store.probe()`` gives (X, Y) and ``store.activations(site, step, source="probe")`` the
+layer. X is treated as discrete (each probe row one equiprobable symbol), Y as discrete
+labels, T as continuous (the estimator bins it, adds its known noise, ...).
+
+The table is cached in the store (``results/``) keyed by the estimator and its
+parameters; a later call computes only the (site, step) pairs that are new, so it can
+follow a run that is still recording.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import warnings
+from typing import Any
+
+import numpy as np
+
+from dynalens.errors import InvalidInputError, InvalidParameterError, SiteNotFoundError
+from dynalens.probe import layout
+from dynalens.probe.store import Store, open_store
+
+COLUMNS = (
+    "run", "site", "layer", "step", "epoch", "estimator",
+    "I_XT", "I_TY", "I_XT_lower", "I_XT_upper", "I_XT_stderr",
+    "I_TY_lower", "I_TY_upper", "I_TY_stderr",
+)  # fmt: skip
+
+
+def _estimator(estimator: Any, noise_var: float | None, params: dict[str, Any] | None) -> Any:
+    from dynalens.estimators.mi import MIEstimator, make_estimator
+
+    if isinstance(estimator, MIEstimator):
+        if params or noise_var is not None:
+            raise InvalidParameterError(
+                "pass noise_var / params either to the estimator object or as arguments, not both."
+            )
+        return estimator
+    if not isinstance(estimator, str):
+        raise InvalidParameterError(
+            f"estimator must be a method name ('binning', 'noisy', 'kde', ...) or an "
+            f"MIEstimator; got {type(estimator).__name__}."
+        )
+    return make_estimator(estimator, noise_var, params)
+
+
+def _cache_key(est: Any) -> str:
+    desc = json.dumps(
+        {"class": type(est).__name__, "params": vars(est)}, sort_keys=True, default=str
+    )
+    return f"information_plane-{est.name}-{hashlib.sha1(desc.encode()).hexdigest()[:10]}"
+
+
+def _bound(result: Any, attr: str) -> float:
+    value = getattr(result, attr)
+    return float("nan") if value is None else float(value)
+
+
+def information_plane(
+    store: Store | str | os.PathLike[str],
+    *,
+    estimator: Any = "binning",
+    noise_var: float | None = None,
+    params: dict[str, Any] | None = None,
+    sites: list[str] | None = None,
+    steps: list[int] | None = None,
+    cache: bool = True,
+    progress: bool = True,
+) -> Any:
+    """I(X;T) and I(T;Y) per (site, step), as a tidy pandas DataFrame (nats).
+
+    Args:
+        store: a :class:`~dynalens.probe.store.Store` or its path; the run must have a
+            probe set (``Recorder(..., probe=(X, Y))``).
+        estimator: a method name of :mod:`dynalens.estimators.mi` (``"binning"``,
+            ``"adaptive_binning"``, ``"noisy"``, ``"kde"``, ``"ksg"``, ...) or an
+            estimator object.
+        noise_var: noise variance for the stochastic-layer estimators (``noisy``, ``kde``).
+        params: the estimator's parameters, e.g. ``{"n_bins": 30, "range": (-1, 1)}``.
+        sites: which sites (default: every site with probe activations).
+        steps: which steps (default: every recorded one).
+        cache: read and extend the table cached in the store.
+        progress: show a progress bar over (site, step).
+
+    Returns:
+        Columns ``run, site, layer, step, epoch, estimator, I_XT, I_TY`` and, where the
+        estimator gives them, ``*_lower, *_upper, *_stderr`` (NaN otherwise). ``layer``
+        counts sites from the input side (1 = first); ``epoch`` is ``step //
+        steps_per_epoch`` when the run's config has ``steps_per_epoch``, else NaN.
+    """
+    from tqdm.auto import tqdm
+
+    from dynalens._optional import require
+    from dynalens.estimators.mi import BinningWarning
+
+    pd = require("pandas", "information_plane")
+    st = store if isinstance(store, Store) else open_store(store)
+    est = _estimator(estimator, noise_var, params)
+    x, y = st.probe()
+    x = np.asarray(x).reshape(len(x), -1)
+    if y is not None:
+        y = np.asarray(y)
+        y = y.argmax(1) if y.ndim == 2 and y.shape[1] > 1 else y.reshape(-1)
+    have = [s for s in st.sites if layout.PROBE_ACTIVATIONS in st._kinds_of(s)]
+    if sites is None:
+        sites = have
+    missing = [s for s in sites if s not in have]
+    if missing:
+        raise SiteNotFoundError(
+            f"no probe activations for site(s) {missing} in run {st.run!r}; sites with "
+            f"probe activations: {have}."
+        )
+    if not sites:
+        raise InvalidInputError(
+            f"run {st.run!r} has no probe activations; record with probe=(X, Y)."
+        )
+    spe = st.meta.get("config", {}).get("steps_per_epoch")
+    key = _cache_key(est)
+    rows: dict[tuple[str, int], dict[str, Any]] = {}
+    if cache:
+        cached = st.get_result(key)
+        if cached is not None:
+            cols, _ = cached
+            for i in range(len(cols["site"])):
+                row = {c: cols[c][i] for c in cols}
+                rows[(str(row["site"]), int(row["step"]))] = row
+    todo = []
+    for site in sites:
+        site_steps = st.steps(site, kind=layout.PROBE_ACTIVATIONS).tolist()
+        for step in site_steps if steps is None else [s for s in steps if s in site_steps]:
+            if (site, step) not in rows:
+                todo.append((site, int(step)))
+    saturated = 0
+    for site, step in tqdm(todo, desc=f"information plane ({est.name})", disable=not progress):
+        t = np.asarray(st.activations(site, step, source="probe"), dtype=np.float64)
+        t = t.reshape(len(t), -1)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", BinningWarning)
+            rxt = est.estimate(x, t, x_discrete=True, y_discrete=False)
+            ryt = est.estimate(y, t, x_discrete=True, y_discrete=False) if y is not None else None
+        saturated += any(issubclass(w.category, BinningWarning) for w in caught)
+        for w in caught:
+            if not issubclass(w.category, BinningWarning):
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        rows[(site, step)] = {
+            "run": st.run,
+            "site": site,
+            "step": step,
+            "estimator": est.name,
+            "I_XT": float(rxt.estimate),
+            "I_TY": float("nan") if ryt is None else float(ryt.estimate),
+            "I_XT_lower": _bound(rxt, "lower"),
+            "I_XT_upper": _bound(rxt, "upper"),
+            "I_XT_stderr": _bound(rxt, "stderr"),
+            "I_TY_lower": float("nan") if ryt is None else _bound(ryt, "lower"),
+            "I_TY_upper": float("nan") if ryt is None else _bound(ryt, "upper"),
+            "I_TY_stderr": float("nan") if ryt is None else _bound(ryt, "stderr"),
+        }
+    if saturated:
+        warnings.warn(
+            f"{saturated} of {len(todo)} (site, step) measurements binned the layer into "
+            "nearly one pattern per input, where the plug-in entropy is close to log n and "
+            "measures the binning rather than the layer (Saxe et al. 2018). Fewer bins, "
+            "estimator='noisy' with a noise_var, or 'kde' answer a well-posed question.",
+            BinningWarning,
+            stacklevel=2,
+        )
+    order = {s: i + 1 for i, s in enumerate(st.sites)}
+    table = pd.DataFrame(list(rows.values()))
+    if table.empty:
+        table = pd.DataFrame(columns=list(COLUMNS))
+    table["layer"] = table["site"].map(order)
+    table["epoch"] = table["step"] // spe if spe else float("nan")
+    table = table[list(COLUMNS)].sort_values(["layer", "step"]).reset_index(drop=True)
+    if cache and todo:
+        writable = open_store(st.path, st.run, mode="a")
+        writable.put_result(
+            key,
+            {c: table[c].to_numpy() for c in COLUMNS if c not in ("layer", "epoch")},
+            {"estimator": est.name, "params": json.loads(json.dumps(vars(est), default=str))},
+        )
+    wanted = set(sites)
+    table = table[table["site"].isin(wanted)]
+    if steps is not None:
+        table = table[table["step"].isin(steps)]
+    return table.reset_index(drop=True)

@@ -1,0 +1,189 @@
+"""knn_distances / radius_counts: kernel, KD-tree and brute fallbacks against the reference."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from dynalens.errors import InvalidInputError, InvalidParameterError
+from dynalens.kernels import knn
+from dynalens.kernels.knn import knn_distances, radius_counts
+from tests.kernels.conftest import BACKENDS, assert_close_to_reference
+
+# "torch" runs the KD-tree for d <= 8 and brute force above (scikit-learn for the L∞ kNN);
+# "torch-brute" forces the chunked-torch brute force at every d
+PATHS = [*BACKENDS, "torch-brute"]
+
+
+@pytest.fixture
+def run(monkeypatch):
+    def call(fn, *args, backend, **kwargs):
+        if backend == "torch-brute":
+            monkeypatch.setattr(knn, "TREE_MAX_DIM", 0)
+            monkeypatch.setattr(knn, "BRUTE_ENGINE", "torch")
+            backend = "torch"
+        out = fn(*args, backend=backend, **kwargs)
+        monkeypatch.setattr(knn, "TREE_MAX_DIM", 8)
+        monkeypatch.setattr(knn, "BRUTE_ENGINE", "auto")
+        return out
+
+    return call
+
+
+def _data(n: int, d: int, seed: int = 0) -> torch.Tensor:
+    x = torch.randn(n, d, generator=torch.Generator().manual_seed(seed))
+    x[7] = x[3]  # exact duplicates
+    x[50] = x[3]
+    return x
+
+
+@pytest.mark.parametrize("backend", PATHS)
+@pytest.mark.parametrize("metric", ["max", "euclidean"])
+@pytest.mark.parametrize("d", [1, 3, 11])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_knn_matches_reference(run, backend, metric, d, dtype):
+    x = _data(83, d).to(dtype)
+    out = run(knn_distances, x, 5, metric=metric, backend=backend)
+    assert out.shape == (83, 5) and out.dtype == torch.float32
+    ref64 = knn_distances(x.double(), 5, metric=metric, backend="reference")
+    assert (out[3, :2] == 0).all()  # the two duplicates of row 3
+    assert (out[:, 1:] >= out[:, :-1]).all()
+    if metric == "max":
+        # one rounding per coordinate: bit-equal to the rounded float64 distance
+        assert torch.equal(out, ref64.float())
+    else:
+        xf = x.float()
+        d32 = (xf[:, None] - xf[None]).pow(2).sum(-1).sqrt().fill_diagonal_(float("inf"))
+        ref32 = d32.topk(5, dim=1, largest=False).values
+        eps = torch.finfo(torch.float32).eps
+        assert_close_to_reference(out, ref64, ref32, extra=4 * (d + 2) * eps * ref64.max().item())
+
+
+@pytest.mark.parametrize("backend", PATHS)
+@pytest.mark.parametrize("metric", ["max", "euclidean"])
+def test_float64_in_float64_out(run, backend, metric):
+    x = _data(61, 4).double()
+    out = run(knn_distances, x, 3, metric=metric, backend=backend)
+    assert out.dtype == torch.float64
+    torch.testing.assert_close(out, knn_distances(x, 3, metric=metric, backend="reference"))
+
+
+@pytest.mark.parametrize("backend", PATHS)
+@pytest.mark.parametrize("d", [2, 10])
+def test_k_larger_than_number_of_distinct_points(run, backend, d):
+    base = torch.randn(3, d, generator=torch.Generator().manual_seed(3))
+    x = base[torch.arange(40) % 3]
+    out = run(knn_distances, x, 20, metric="max", backend=backend)
+    ref = knn_distances(x.double(), 20, metric="max", backend="reference")
+    assert torch.equal(out, ref.float())
+    assert (out[:, :12] == 0).all() and (out[:, 13:] > 0).all()  # 13 copies of each point
+
+
+@pytest.mark.parametrize("backend", PATHS)
+@pytest.mark.parametrize("metric", ["max", "euclidean"])
+@pytest.mark.parametrize("d", [2, 9])
+def test_radius_counts_off_ties(run, backend, metric, d):
+    x = _data(77, d)
+    r = knn_distances(x.double(), 4, metric=metric, backend="reference")[:, -1]
+    for radius in (r * (1 - 1e-3), r * (1 + 1e-3)):
+        for strict in (True, False):
+            ref = radius_counts(
+                x.double(), radius, metric=metric, strict=strict, backend="reference"
+            )
+            out = run(radius_counts, x, radius, metric=metric, strict=strict, backend=backend)
+            assert out.dtype == torch.long
+            assert torch.equal(out, ref)
+
+
+@pytest.mark.parametrize("backend", PATHS)
+@pytest.mark.parametrize("metric", ["max", "euclidean"])
+@pytest.mark.parametrize("d", [1, 3, 12])
+def test_ksg_ties_are_consistent(run, backend, metric, d):
+    # radius = own k-th distance: strict counts < k, non-strict counts >= k (same backend)
+    x = _data(90, d)
+    k = 4
+    eps = run(knn_distances, x, k, metric=metric, backend=backend)[:, -1]
+    below = run(radius_counts, x, eps, metric=metric, strict=True, backend=backend)
+    upto = run(radius_counts, x, eps, metric=metric, strict=False, backend=backend)
+    assert (below <= k - 1).all() and (upto >= k).all()
+    if metric == "max":  # exact: equals the reference evaluated in float32
+        xf = x.float()
+        dist = (xf[:, None] - xf[None]).abs().amax(-1).fill_diagonal_(float("inf"))
+        assert torch.equal(below, (dist < eps[:, None]).sum(1))
+        assert torch.equal(upto, (dist <= eps[:, None]).sum(1))
+
+
+@pytest.mark.parametrize("backend", PATHS)
+@pytest.mark.parametrize("d", [1, 2, 10])
+def test_max_counts_at_neighbouring_floats_of_the_radius(run, backend, d):
+    # regression for the KD-tree thresholds: radii one float32 ulp around actual distances
+    x = _data(64, d)
+    xf = x.float()
+    dist = (xf[:, None] - xf[None]).abs().amax(-1).fill_diagonal_(float("inf"))
+    eps = dist.topk(3, dim=1, largest=False).values[:, -1]
+    for radius in (eps, torch.nextafter(eps, torch.tensor(0.0)),
+                   torch.nextafter(eps, torch.tensor(float("inf")))):  # fmt: skip
+        for strict in (True, False):
+            out = run(radius_counts, x, radius, metric="max", strict=strict, backend=backend)
+            expected = (dist < radius[:, None] if strict else dist <= radius[:, None]).sum(1)
+            assert torch.equal(out, expected)
+
+
+@pytest.mark.parametrize("backend", PATHS)
+def test_integer_data_heavy_ties(run, backend):
+    x = torch.randint(0, 3, (70, 3), generator=torch.Generator().manual_seed(5)).float()
+    for metric in ("max", "euclidean"):
+        ref = knn_distances(x.double(), 6, metric=metric, backend="reference")
+        out = run(knn_distances, x, 6, metric=metric, backend=backend)
+        torch.testing.assert_close(out, ref.float(), rtol=1e-7, atol=0)
+        for strict in (True, False):
+            for radius in (1.0, 0.0, 2.0):
+                ref_c = radius_counts(x.double(), radius, metric=metric, strict=strict,
+                                      backend="reference")  # fmt: skip
+                out_c = run(radius_counts, x, radius, metric=metric, strict=strict,
+                            backend=backend)  # fmt: skip
+                assert torch.equal(out_c, ref_c), (metric, strict, radius)
+
+
+def test_parameters_change_output():
+    x = _data(60, 3)
+    assert not torch.equal(
+        knn_distances(x, 2, metric="max"), knn_distances(x, 2, metric="euclidean")
+    )
+    r = knn_distances(x, 2)[:, -1]
+    assert not torch.equal(radius_counts(x, r, strict=True), radius_counts(x, r, strict=False))
+    assert (radius_counts(x, float("inf")) == 59).all()
+    assert (radius_counts(x, 0.0, strict=True) == 0).all()
+
+
+def test_errors_say_what_to_do():
+    x = _data(60, 2)
+    with pytest.raises(InvalidParameterError, match="k must be smaller than the number of rows"):
+        knn_distances(x, 60)
+    with pytest.raises(InvalidParameterError, match="k must be >= 1"):
+        knn_distances(x, 0)
+    with pytest.raises(InvalidParameterError, match="metric must be one of"):
+        knn_distances(x, 2, metric="chebyshev")
+    bad = x.clone()
+    bad[0, 0] = float("nan")
+    with pytest.raises(InvalidInputError, match="non-finite"):
+        knn_distances(bad, 2)
+    with pytest.raises(InvalidInputError, match="one entry per row"):
+        radius_counts(x, torch.ones(3))
+    with pytest.raises(InvalidInputError, match="at least 2 rows"):
+        knn_distances(x[:1], 1)
+
+
+def test_importing_the_module_does_not_import_triton():
+    code = (
+        "import sys, dynalens, dynalens.kernels, dynalens.kernels.knn, "
+        "dynalens.kernels.gauss_lse, dynalens.kernels.ghost_norm, dynalens.kernels.binning\n"
+        "import torch\n"
+        "dynalens.kernels.knn.knn_distances(torch.randn(20, 2), 3)\n"
+        "dynalens.kernels.gauss_lse.gauss_lse(torch.randn(20, 2), var=1.0)\n"
+        "assert 'triton' not in sys.modules, sorted(m for m in sys.modules if 'triton' in m)\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
