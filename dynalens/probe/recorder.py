@@ -8,7 +8,9 @@
 >>> rec.close()
 
 At a recorded step ``s`` the Recorder keeps, for every site, the output activations of
-the batch trained on at step ``s`` (the parameters before update ``s``), d loss / d
+the batch trained on at step ``s`` (the parameters before update ``s``; the first forward
+with gradients enabled after the previous ``step()`` -- evaluation passes under
+``torch.no_grad()`` are skipped), d loss / d
 activations (a tensor hook registered from the forward hook), optionally the module's
 inputs and its parameters' gradients; with ``probe=(X, Y)`` it also runs the model in
 eval / no-grad mode on the fixed probe set with the same parameters. Writing happens on a
@@ -222,6 +224,8 @@ class Recorder:
                 self._probe_parts.setdefault(site.name, []).append(snapshot(out, self.dtype))
                 buf.fired.add(site.name)
                 return
+            if not self.capture or not torch.is_grad_enabled():
+                return  # probe-only, or an evaluation pass (no_grad): not the training batch
             if site.name in buf.fired:
                 buf.extra_calls[site.name] = buf.extra_calls.get(site.name, 0) + 1
                 return
@@ -430,10 +434,13 @@ class Recorder:
         if self._closed:
             return
         try:
-            if self._armed and not self._buf.fired and self._buf.tensors:
-                self._bg.submit(
-                    self._writer.write_record, self._armed_step, self._buf.arrays(), None
-                )
+            probe = {
+                path: item
+                for path, item in self._buf.arrays().items()
+                if path.startswith(layout.PROBE_ACTIVATIONS + "/")
+            }
+            if self._armed and probe:  # the final parameters, on the probe set
+                self._bg.submit(self._writer.write_record, self._armed_step, probe, None)
             self._bg.submit(self._writer.close)
         finally:
             self._abort()

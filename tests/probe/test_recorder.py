@@ -350,3 +350,16 @@ def test_runs_are_added_to_an_existing_store(tmp_path, mlp, data):
     assert store.select("run-000").steps().tolist() == [0]
     with pytest.raises(dynalens.errors.StoreError, match="already exists"):
         dynalens.Recorder(mlp, tmp_path / "s", sites="fc1", run="run-000")
+
+
+def test_evaluation_passes_under_no_grad_are_not_the_training_batch(tmp_path, mlp, data):
+    """A validation forward between steps must not be recorded in place of the next
+    training batch (regression: the first forward after step() used to be taken)."""
+    x, y = data
+    with dynalens.Recorder(mlp, tmp_path / "s", sites="fc1", capture=("activations",)) as rec:
+        with torch.no_grad():
+            mlp(x[20:28])  # evaluation
+            expected = mlp.fc1(x[:8]).clone()
+        train(mlp, rec, x, y, steps=1)
+    got = dynalens.open_store(tmp_path / "s").activations("fc1", 0)
+    np.testing.assert_array_equal(got, expected.numpy())
