@@ -46,7 +46,7 @@ class Reproduction:
     runs: dict[str, IBConfig]
     estimators: dict[str, EstimatorSpec]
     claim: str
-    quick: dict[str, Any] = field(default_factory=lambda: {"epochs": 60, "records": 10})
+    quick: dict[str, Any] = field(default_factory=lambda: {"epochs": 40, "records": 8})
 
 
 TANH_BINS: EstimatorSpec = ("binning", None, {"n_bins": 30, "range": (-1.0, 1.0)})
