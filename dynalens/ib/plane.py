@@ -14,13 +14,16 @@ follow a run that is still recording.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
+import torch
 
 from dynalens.errors import InvalidInputError, InvalidParameterError, SiteNotFoundError
 from dynalens.probe import layout
@@ -60,6 +63,80 @@ def _cache_key(est: Any) -> str:
 def _bound(result: Any, attr: str) -> float:
     value = getattr(result, attr)
     return float("nan") if value is None else float(value)
+
+
+#: estimators whose per-measurement work is a few small tensor ops: run single-threaded
+#: (a thread pool only adds synchronisation, and under CPU contention makes them 3-6x
+#: slower, measured)
+SMALL_WORK = ("binning", "adaptive_binning")
+#: records read from the store at a time
+READ_BLOCK = 32
+
+
+@contextlib.contextmanager
+def _threads(n: int | None) -> Iterator[None]:
+    """Temporarily use ``n`` torch threads (``None``: leave as is)."""
+    if n is None:
+        yield
+        return
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def _layers(st: Store, todo: list[tuple[str, int]]) -> Iterator[tuple[str, int, np.ndarray]]:
+    """(site, step, layer as (n, features) float64), reading each site in blocks."""
+    by_site: dict[str, list[int]] = {}
+    for site, step in todo:
+        by_site.setdefault(site, []).append(step)
+    for site, steps in by_site.items():
+        for start in range(0, len(steps), READ_BLOCK):
+            block = steps[start : start + READ_BLOCK]
+            data = st.read(layout.PROBE_ACTIVATIONS, site, block)
+            for step, t in zip(block, data):
+                yield site, step, np.asarray(t, dtype=np.float64).reshape(len(t), -1)
+
+
+def _measure(
+    est: Any,
+    x: np.ndarray,
+    y: np.ndarray | None,
+    t: np.ndarray,
+    site: str,
+    step: int,
+    run: str,
+    rows: dict[tuple[str, int], dict[str, Any]],
+) -> bool:
+    """Add the row of one (site, step); True when binning saturated (one bin pattern
+    per input), which is reported once for the whole table."""
+    from dynalens.estimators.mi import BinningWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", BinningWarning)
+        rxt = est.estimate(x, t, x_discrete=True, y_discrete=False)
+        ryt = est.estimate(y, t, x_discrete=True, y_discrete=False) if y is not None else None
+    for w in caught:
+        if not issubclass(w.category, BinningWarning):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    nan = float("nan")
+    rows[(site, step)] = {
+        "run": run,
+        "site": site,
+        "step": step,
+        "estimator": est.name,
+        "I_XT": float(rxt.estimate),
+        "I_TY": nan if ryt is None else float(ryt.estimate),
+        "I_XT_lower": _bound(rxt, "lower"),
+        "I_XT_upper": _bound(rxt, "upper"),
+        "I_XT_stderr": _bound(rxt, "stderr"),
+        "I_TY_lower": nan if ryt is None else _bound(ryt, "lower"),
+        "I_TY_upper": nan if ryt is None else _bound(ryt, "upper"),
+        "I_TY_stderr": nan if ryt is None else _bound(ryt, "stderr"),
+    }
+    return any(issubclass(w.category, BinningWarning) for w in caught)
 
 
 def information_plane(
@@ -137,31 +214,14 @@ def information_plane(
             if (site, step) not in rows:
                 todo.append((site, int(step)))
     saturated = 0
-    for site, step in tqdm(todo, desc=f"information plane ({est.name})", disable=not progress):
-        t = np.asarray(st.activations(site, step, source="probe"), dtype=np.float64)
-        t = t.reshape(len(t), -1)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", BinningWarning)
-            rxt = est.estimate(x, t, x_discrete=True, y_discrete=False)
-            ryt = est.estimate(y, t, x_discrete=True, y_discrete=False) if y is not None else None
-        saturated += any(issubclass(w.category, BinningWarning) for w in caught)
-        for w in caught:
-            if not issubclass(w.category, BinningWarning):
-                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-        rows[(site, step)] = {
-            "run": st.run,
-            "site": site,
-            "step": step,
-            "estimator": est.name,
-            "I_XT": float(rxt.estimate),
-            "I_TY": float("nan") if ryt is None else float(ryt.estimate),
-            "I_XT_lower": _bound(rxt, "lower"),
-            "I_XT_upper": _bound(rxt, "upper"),
-            "I_XT_stderr": _bound(rxt, "stderr"),
-            "I_TY_lower": float("nan") if ryt is None else _bound(ryt, "lower"),
-            "I_TY_upper": float("nan") if ryt is None else _bound(ryt, "upper"),
-            "I_TY_stderr": float("nan") if ryt is None else _bound(ryt, "stderr"),
-        }
+    bar = tqdm(total=len(todo), desc=f"information plane ({est.name})", disable=not progress)
+    with _threads(1 if est.name in SMALL_WORK else None):
+        for site, step, t in _layers(st, todo):
+            bar.update()
+            saturated += _measure(est, x, y, t, site, step, st.run, rows)
+    bar.close()
+    if saturated:
+        warnings.simplefilter("always", BinningWarning)
     if saturated:
         warnings.warn(
             f"{saturated} of {len(todo)} (site, step) measurements binned the layer into "

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,19 @@ def _read_records(arr: zarr.Array, directory: Path, sel: int | np.ndarray) -> np
             out[j] = arr.fill_value
     out = out.astype(out.dtype.newbyteorder("="), copy=False)
     return out if many else out[0]
+
+
+def _read_vector(arr: zarr.Array, directory: Path, n: int) -> np.ndarray:
+    """The first ``n`` elements of a 1-D uncompressed array, straight from its chunks."""
+    size = int(arr.chunks[0])
+    dtype = np.dtype(arr.dtype).newbyteorder("<")
+    parts = []
+    for c in range((n + size - 1) // size):
+        try:
+            parts.append(np.fromfile(directory / layout.chunk_key((c,)), dtype=dtype))
+        except FileNotFoundError:
+            parts.append(np.full(size, arr.fill_value, dtype=dtype))
+    return np.concatenate(parts)[:n].astype(dtype.newbyteorder("="), copy=False)
 
 
 def open_store(path: str | os.PathLike[str], run: str | None = None, *, mode: str = "r") -> Store:
@@ -171,7 +185,8 @@ class Store:
         arr = self._array(rank, "step")
         if arr is None or n == 0:
             return np.zeros(0, dtype=np.int64)
-        return np.asarray(self._fresh(arr, n)[:n])
+        directory = self.path / self.run / layout.rank_group(rank) / "step"
+        return _read_vector(self._fresh(arr, n), directory, n)
 
     def _kinds_of(self, site: str) -> list[str]:
         return [k for k in layout.KINDS if self._node_type(0, layout.array_path(k, site))]
@@ -233,20 +248,21 @@ class Store:
         self,
         kind: str,
         site: str,
-        step: int | None = None,
+        step: int | Sequence[int] | None = None,
         *,
         param: str | None = None,
         rank: int | None = None,
         torch: bool = False,
     ) -> Array:
-        """Records of one (kind, site): one step, or all committed steps stacked.
+        """Records of one (kind, site): one step, some steps, or all steps stacked.
 
         Args:
             kind: one of ``activations``, ``gradients``, ``inputs``, ``param_grads``,
                 ``probe_activations``.
             site: the site name.
-            step: an optimizer step; ``None`` for every step holding data (stacked
-                on a new first axis, in record order; see :meth:`steps`).
+            step: an optimizer step; a list of steps (stacked on a new first axis, in
+                that order); or ``None`` for every step holding data (stacked, in record
+                order; see :meth:`steps`).
             param: the parameter name for ``param_grads`` (e.g. ``"weight"``).
             rank: one rank's shard; ``None`` merges ranks along the batch axis.
             torch: return a torch tensor instead of numpy.
@@ -254,27 +270,26 @@ class Store:
         path = self._resolve_path(kind, site, param)
         n = self.committed(rank)
         valid = self._valid(path, n)
+        single = step is not None and not isinstance(step, Sequence | np.ndarray)
         if step is None:
             sel: Any = valid
         else:
-            steps = self._record_steps(0, n)
-            hits = np.flatnonzero(steps[valid] == step)
-            if not len(hits):
-                recorded = steps[valid]
+            recorded = self._record_steps(0, n)[valid]
+            index = {int(s): int(i) for s, i in zip(recorded, valid)}  # the last record wins
+            wanted = [int(step)] if single else [int(s) for s in step]  # type: ignore[union-attr]
+            absent = [s for s in wanted if s not in index]
+            if absent:
                 shown = ", ".join(str(s) for s in recorded[:8]) + (
                     " ..." if len(recorded) > 8 else ""
                 )
                 raise StepNotRecordedError(
-                    f"step {step} holds no {kind!r} for site {site!r} in run {self.run!r}; "
-                    f"recorded steps: [{shown}] ({len(recorded)} in all; store.steps(site) "
-                    "lists them)."
+                    f"step {absent[0]} holds no {kind!r} for site {site!r} in run "
+                    f"{self.run!r}; recorded steps: [{shown}] ({len(recorded)} in all; "
+                    "store.steps(site) lists them)."
                 )
-            sel = int(valid[hits[-1]])
-        ranks = (
-            [0]
-            if kind == layout.PARAM_GRADS
-            else (range(self.world_size) if rank is None else [rank])
-        )
+            sel = index[wanted[0]] if single else np.array([index[s] for s in wanted], np.int64)
+        one_rank = kind in (layout.PARAM_GRADS, layout.PROBE_ACTIVATIONS)  # same on all ranks
+        ranks = [0] if one_rank else (range(self.world_size) if rank is None else [rank])
         parts = []
         for r in ranks:
             arr = self._array(r, path)
@@ -284,7 +299,7 @@ class Store:
             parts.append(
                 _read_records(arr, self.path / self.run / layout.rank_group(r) / path, sel)
             )
-        axis = 0 if step is not None else 1
+        axis = 0 if single else 1
         out = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=axis)
         logical = str(self._array(0, path).attrs.get("logical_dtype", out.dtype))  # type: ignore[union-attr]
         return from_disk(out, logical, as_torch=torch)
@@ -292,7 +307,7 @@ class Store:
     def activations(
         self,
         site: str,
-        step: int | None = None,
+        step: int | Sequence[int] | None = None,
         *,
         source: str | None = None,
         rank: int | None = None,
@@ -313,13 +328,23 @@ class Store:
         return self.read(kind, site, step, rank=rank, torch=torch)
 
     def gradients(
-        self, site: str, step: int | None = None, *, rank: int | None = None, torch: bool = False
+        self,
+        site: str,
+        step: int | Sequence[int] | None = None,
+        *,
+        rank: int | None = None,
+        torch: bool = False,
     ) -> Array:
         """d loss / d activations of ``site`` on the training batch."""
         return self.read(layout.GRADIENTS, site, step, rank=rank, torch=torch)
 
     def inputs(
-        self, site: str, step: int | None = None, *, rank: int | None = None, torch: bool = False
+        self,
+        site: str,
+        step: int | Sequence[int] | None = None,
+        *,
+        rank: int | None = None,
+        torch: bool = False,
     ) -> Array:
         """The first positional input of ``site``'s module on the training batch."""
         return self.read(layout.INPUTS, site, step, rank=rank, torch=torch)
@@ -412,7 +437,8 @@ class Store:
         path = self._resolve_path(kind, site, param)
         n = self.committed()
         valid = self._valid(path, n)
-        ranks = [0] if kind == layout.PARAM_GRADS else range(self.world_size)
+        one_rank = kind in (layout.PARAM_GRADS, layout.PROBE_ACTIVATIONS)
+        ranks = [0] if one_rank else range(self.world_size)
         parts = []
         for r in ranks:
             arr = self._fresh(self._array(r, path), n)  # type: ignore[arg-type]
