@@ -14,7 +14,6 @@ follow a run that is still recording.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -23,8 +22,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
-import torch
 
+from dynalens._threads import limit_threads
 from dynalens.errors import InvalidInputError, InvalidParameterError, SiteNotFoundError
 from dynalens.probe import layout
 from dynalens.probe.store import Store, open_store
@@ -71,20 +70,6 @@ def _bound(result: Any, attr: str) -> float:
 SMALL_WORK = ("binning", "adaptive_binning")
 #: records read from the store at a time
 READ_BLOCK = 32
-
-
-@contextlib.contextmanager
-def _threads(n: int | None) -> Iterator[None]:
-    """Temporarily use ``n`` torch threads (``None``: leave as is)."""
-    if n is None:
-        yield
-        return
-    old = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
 
 
 def _layers(st: Store, todo: list[tuple[str, int]]) -> Iterator[tuple[str, int, np.ndarray]]:
@@ -215,7 +200,7 @@ def information_plane(
                 todo.append((site, int(step)))
     saturated = 0
     bar = tqdm(total=len(todo), desc=f"information plane ({est.name})", disable=not progress)
-    with _threads(1 if est.name in SMALL_WORK else None):
+    with limit_threads(1 if est.name in SMALL_WORK else None):
         for site, step, t in _layers(st, todo):
             bar.update()
             saturated += _measure(est, x, y, t, site, step, st.run, rows)

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from dynalens._threads import limit_threads
 from dynalens._validation import check_float, check_int, check_option
 from dynalens.ib.networks import LAYERS, hidden_sites, tishby_network
 from dynalens.probe.recorder import Recorder
@@ -103,17 +104,20 @@ def train_ib_network(
     epochs = LogSpaced(num=config.records, stop=config.epochs).steps
     meta: dict[str, Any] = {**asdict(config), "steps_per_epoch": spe, "recorded_epochs": epochs}
     meta["layers"] = list(config.layers)
-    with Recorder(
-        model,
-        store_path,
-        sites=hidden_sites(model),
-        every=AtSteps(e * spe for e in epochs),
-        capture=(),
-        probe=(xt, yt),
-        probe_batch_size=n,
-        run=run,
-        config=meta,
-    ) as rec:
+    with (
+        limit_threads(1),
+        Recorder(  # a tiny network: see dynalens._threads
+            model,
+            store_path,
+            sites=hidden_sites(model),
+            every=AtSteps(e * spe for e in epochs),
+            capture=(),
+            probe=(xt, yt),
+            probe_batch_size=n,
+            run=run,
+            config=meta,
+        ) as rec,
+    ):
         step = 0
         bar = tqdm(range(config.epochs), desc=f"training {config.activation}", disable=not progress)
         for epoch in bar:
