@@ -276,7 +276,7 @@ class Store:
         else:
             recorded = self._record_steps(0, n)[valid]
             index = {int(s): int(i) for s, i in zip(recorded, valid)}  # the last record wins
-            wanted = [int(step)] if single else [int(s) for s in step]  # type: ignore[union-attr]
+            wanted = [int(step)] if single else [int(s) for s in step]  # type: ignore[arg-type,union-attr]
             absent = [s for s in wanted if s not in index]
             if absent:
                 shown = ", ".join(str(s) for s in recorded[:8]) + (
