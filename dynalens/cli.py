@@ -73,6 +73,13 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _reproduce(args: argparse.Namespace) -> int:
+    if args.name == "mccandlish":
+        from dynalens.dynamics.mccandlish import reproduce_mccandlish
+
+        res = reproduce_mccandlish(args.out, quick=args.quick)
+        print(res["summary"])
+        print("files:\n  " + "\n  ".join(map(str, res["files"])))
+        return 0
     from dynalens.ib.reproduce import reproduce
 
     res = reproduce(args.name, args.out, quick=args.quick, epochs=args.epochs, var_u=args.var_u)
@@ -99,11 +106,11 @@ def build_parser() -> argparse.ArgumentParser:
     from dynalens.ib.reproduce import REPRODUCTIONS
 
     p = sub.add_parser("reproduce", help="reproduce a paper's figure")
-    p.add_argument("name", choices=sorted(REPRODUCTIONS), help="which paper")
+    p.add_argument("name", choices=sorted([*REPRODUCTIONS, "mccandlish"]), help="which paper")
     p.add_argument("--out", default=None, help="output folder (default out/NAME)")
     p.add_argument("--quick", action="store_true", help="a small configuration (minutes)")
-    p.add_argument("--epochs", type=int, default=None, help="training epochs")
-    p.add_argument("--var-u", default=None, help="path of the paper's var_u.mat labels")
+    p.add_argument("--epochs", type=int, default=None, help="training epochs (IB papers)")
+    p.add_argument("--var-u", default=None, help="path of the paper's var_u.mat (IB papers)")
     p.set_defaults(func=_reproduce)
     return parser
 

@@ -94,7 +94,7 @@ def hf_callback(**monitor_kwargs: Any) -> Any:
                 return
             out = self.monitor.step(int(state.global_step))
             if out:
-                self._pending = out
+                self._pending = dict(out)
 
         def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kw: Any) -> None:
             if not self._pending:

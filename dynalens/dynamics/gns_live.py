@@ -22,6 +22,14 @@ Scalars (floats) per measured step, through ``recorder.log(step, **scalars)`` an
 (the norm-test statistic of Byrd et al. 2012: a batch of size B passes with θ² ≥ this), and
 per group ``{prefix}.b_simple.{group}``, ``.trace_sigma.{group}``, ``.grad_sq.{group}``.
 
+Cost: a measured step only does the reductions the statistics need (per-parameter means,
+group sums, the running sums of :class:`RatioStats`). The interval, the per-group ratios
+and the scalar dicts are computed lazily: :meth:`~GradientNoiseScaleMonitor.step` and
+:attr:`~GradientNoiseScaleMonitor.history` hold :class:`StepScalars`, read-only mappings
+that snapshot the step's state and compute the scalars on first access (``step``,
+``.step_trace_sigma``, ``.step_grad_sq`` and ``.batch_size`` are free); with a recorder
+attached they are computed at each measured step, to be logged.
+
 Example:
     >>> gns = GradientNoiseScaleMonitor(model, optimizer=opt, every=10, recorder=rec)
     >>> with gns:                        # hooks the model and opt.step()
@@ -35,7 +43,7 @@ Example:
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -152,8 +160,22 @@ class GradientNoiseScaleMonitor:
         self._engine = engine
         self.group_names_, self._index = self._groups(engine.param_names_)
         self.stats = RatioStats(len(self.group_names_) + 1, beta=self.beta)
-        self.history: deque[dict[str, float]] = deque(maxlen=self.history_len)
-        self._latest: dict[str, float] = {}
+        M = np.zeros((len(self.group_names_) + 1, len(engine.param_names_)))
+        for i, ix in enumerate(self._index):
+            M[i, ix] = 1.0
+        M[-1] = 1.0
+        self._group_matrix = M  # group sums (and the total) as one product per step
+        p = self.prefix
+        self._scalar_keys = (
+            "step",
+            *(f"{p}.{k}" for k in ("b_simple", "b_simple_low", "b_simple_high", "trace_sigma",
+                                   "grad_sq", "step_trace_sigma", "step_grad_sq", "batch_size",
+                                   "b_simple_over_b")),
+            *(f"{p}.{k}.{g}" for g in self.group_names_
+              for k in ("b_simple", "trace_sigma", "grad_sq")),
+        )  # fmt: skip
+        self.history: deque[StepScalars] = deque(maxlen=self.history_len)
+        self._latest: StepScalars | None = None
         self._next = self.start_step
         engine.active = self.schedule_(self._next)
         if self.optimizer is not None:
@@ -201,9 +223,10 @@ class GradientNoiseScaleMonitor:
     def _on_optimizer_step(self) -> None:
         self.step()
 
-    def step(self, step: int | None = None) -> dict[str, float] | None:
+    def step(self, step: int | None = None) -> StepScalars | None:
         """Close the current optimizer step (call after its backward passes, before
-        ``zero_grad``); returns the logged scalars when the step was measured."""
+        ``zero_grad``); returns the step's scalars (a lazy :class:`StepScalars` mapping)
+        when the step was measured."""
         engine = self._engine
         if engine is None:
             raise InvalidParameterError("the instrument is not attached; call attach().")
@@ -219,62 +242,141 @@ class GradientNoiseScaleMonitor:
         engine.active = self.schedule_(self._next)
         return out
 
-    def _update(self, step: int, cap: GradCapture) -> dict[str, float] | None:
-        names = list(cap.batch_grad_sq)
-        b_big = float(np.mean([cap.batch_size[n] for n in names]))
-        big = np.array([cap.batch_grad_sq[n] for n in names])
+    def _update(self, step: int, cap: GradCapture) -> StepScalars | None:
+        # Per step: reductions only (no interval, no per-group dicts; see StepScalars).
+        P = len(cap.batch_grad_sq)
+        b_big = sum(cap.batch_size.values()) / P
+        big = np.fromiter(cap.batch_grad_sq.values(), np.float64, count=P)
         if self.source == "per_example":
-            small = _means([cap.per_example[n] for n in names])
+            small = _means(list(cap.per_example.values()))
             b_small = 1.0
         else:
             if len(cap.pass_sizes) < 2:
                 return None  # one pass: no two batch sizes this step
-            small = np.array([np.mean(cap.pass_grad_sq[n]) for n in names])
-            b_small = float(np.mean(cap.pass_sizes))
-        small_g = np.array([small[ix].sum() for ix in self._index] + [small.sum()])
-        big_g = np.array([big[ix].sum() for ix in self._index] + [big.sum()])
-        tr, g2 = two_batch_estimates(small_g, b_small, big_g, b_big)
+            small = np.fromiter(
+                (sum(v) / len(v) for v in cap.pass_grad_sq.values()), np.float64, count=P
+            )
+            b_small = sum(cap.pass_sizes) / len(cap.pass_sizes)
+        if b_big <= b_small:
+            two_batch_estimates(small, b_small, big, b_big)  # raises with the explanation
+        M = self._group_matrix
+        small_g, big_g = M @ small, M @ big
+        tr = (small_g - big_g) / (1.0 / b_small - 1.0 / b_big)
+        g2 = (b_big * big_g - b_small * small_g) / (b_big - b_small)
         if self.sync_ranks:
             tr, g2 = _average_over_ranks(tr, g2)
         self.stats.update(tr, g2)
-        res = self.stats.compute(self.z)
-        p = self.prefix
-        scal = {
-            f"{p}.b_simple": res["ratio"][-1],
-            f"{p}.b_simple_low": res["low"][-1],
-            f"{p}.b_simple_high": res["high"][-1],
-            f"{p}.trace_sigma": res["x"][-1],
-            f"{p}.grad_sq": res["y"][-1],
-            f"{p}.step_trace_sigma": tr[-1],
-            f"{p}.step_grad_sq": g2[-1],
-            f"{p}.batch_size": b_big,
-            f"{p}.b_simple_over_b": res["ratio"][-1] / b_big,
-        }
-        for i, g in enumerate(self.group_names_):
-            scal[f"{p}.b_simple.{g}"] = res["ratio"][i]
-            scal[f"{p}.trace_sigma.{g}"] = res["x"][i]
-            scal[f"{p}.grad_sq.{g}"] = res["y"][i]
-        scalars = {k: float(v) for k, v in scal.items()}
-        self._latest = scalars
-        self.history.append({"step": float(step), **scalars})
+        out = StepScalars(self, step, tr, g2, b_big)
+        self._latest = out
+        self.history.append(out)
         if self.recorder is not None:
-            self.recorder.log(step, **scalars)
-        return scalars
+            self.recorder.log(step, **out.scalars())
+        return out
 
     def compute(self) -> dict[str, float]:
         """The scalars of the latest measured step (empty before the first)."""
-        return dict(self._latest)
+        return self._latest.scalars() if self._latest is not None else {}
 
     def reset(self) -> None:
         """Forget the accumulated statistics (e.g. at a learning-rate change)."""
         self.stats.reset()
-        self._latest = {}
+        self._latest = None
+
+
+class StepScalars(Mapping[str, float]):
+    """The scalars of one measured step, computed on first access.
+
+    Holds a copy of the statistics' state after the step (fixed size: 5 arrays of
+    n_groups + 1 floats) and the step's own estimates. ``m["step"]``,
+    ``m[prefix + ".step_trace_sigma"]``, ``.step_grad_sq`` and ``.batch_size`` are read
+    without computing; any other key computes every scalar once (the Fieller interval
+    and the per-group values, :meth:`RatioStats.compute`). :meth:`scalars` returns them
+    as a plain dict without ``"step"``.
+    """
+
+    __slots__ = ("_b_big", "_beta", "_groups", "_keys", "_prefix", "_state", "_values",
+                 "_z", "g2", "step", "tr")  # fmt: skip
+
+    def __init__(
+        self,
+        monitor: GradientNoiseScaleMonitor,
+        step: int,
+        tr: np.ndarray,
+        g2: np.ndarray,
+        b_big: float,
+    ) -> None:
+        st = monitor.stats
+        self.step = int(step)
+        self.tr, self.g2 = tr, g2
+        self._b_big = float(b_big)
+        self._state = (st.n, st.w, st.w2, st.sx.copy(), st.sy.copy(), st.sxx.copy(),
+                       st.syy.copy(), st.sxy.copy())  # fmt: skip
+        self._beta, self._z = st.beta, monitor.z
+        self._prefix, self._groups = monitor.prefix, monitor.group_names_
+        self._keys = monitor._scalar_keys
+        self._values: dict[str, float] | None = None
+
+    def _cheap(self, key: str) -> float | None:
+        p = self._prefix
+        if key == "step":
+            return float(self.step)
+        if key == f"{p}.step_trace_sigma":
+            return float(self.tr[-1])
+        if key == f"{p}.step_grad_sq":
+            return float(self.g2[-1])
+        if key == f"{p}.batch_size":
+            return self._b_big
+        return None
+
+    def scalars(self) -> dict[str, float]:
+        """Every scalar of the step (computed once), without ``"step"``."""
+        if self._values is None:
+            stats = RatioStats(len(self.tr), beta=self._beta)
+            stats.n, stats.w, stats.w2 = self._state[:3]
+            stats.sx, stats.sy, stats.sxx, stats.syy, stats.sxy = self._state[3:]
+            res = stats.compute(self._z)
+            p = self._prefix
+            scal = {
+                f"{p}.b_simple": res["ratio"][-1],
+                f"{p}.b_simple_low": res["low"][-1],
+                f"{p}.b_simple_high": res["high"][-1],
+                f"{p}.trace_sigma": res["x"][-1],
+                f"{p}.grad_sq": res["y"][-1],
+                f"{p}.step_trace_sigma": self.tr[-1],
+                f"{p}.step_grad_sq": self.g2[-1],
+                f"{p}.batch_size": self._b_big,
+                f"{p}.b_simple_over_b": res["ratio"][-1] / self._b_big,
+            }
+            for i, g in enumerate(self._groups):
+                scal[f"{p}.b_simple.{g}"] = res["ratio"][i]
+                scal[f"{p}.trace_sigma.{g}"] = res["x"][i]
+                scal[f"{p}.grad_sq.{g}"] = res["y"][i]
+            self._values = {k: float(v) for k, v in scal.items()}
+        return dict(self._values)
+
+    def __getitem__(self, key: str) -> float:
+        cheap = self._cheap(key)
+        if cheap is not None:
+            return cheap
+        if self._values is None:
+            self.scalars()
+        assert self._values is not None
+        return self._values[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def __repr__(self) -> str:
+        return f"StepScalars(step={self.step}, {self._prefix}.step_trace_sigma={self.tr[-1]:.4g})"
 
 
 def _means(rows: list[torch.Tensor]) -> np.ndarray:
     """Mean of each [N] row, with one conversion when the rows share dtype and device."""
     if len({(r.dtype, r.device) for r in rows}) == 1:
-        return np.asarray(torch.stack(rows).mean(1).double().tolist())
+        return torch.stack(rows).mean(1).double().cpu().numpy()
     return np.array([float(r.double().mean()) for r in rows])
 
 
