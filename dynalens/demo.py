@@ -25,7 +25,8 @@ def run_demo(out: str | Path = "out/demo", epochs: int | None = None, records: i
     import shutil
 
     from dynalens.cli import format_info
-    from dynalens.ib.figures import plot_information_plane, plot_scalars, save_figure
+    from dynalens.figures import plot_scalars, save_figure
+    from dynalens.ib.figures import plot_information_plane
     from dynalens.ib.plane import information_plane
     from dynalens.ib.report import write_report
     from dynalens.ib.training import train_ib_network

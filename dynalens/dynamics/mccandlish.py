@@ -137,7 +137,7 @@ def reproduce_mccandlish(
         plot_pareto_fronts,
     )
     from dynalens.dynamics.sweep import batch_size_sweep
-    from dynalens.ib.figures import save_figure
+    from dynalens.figures import save_figure
 
     cfg = QUICK if quick else FULL
     folder = Path(out if out is not None else Path("out") / "mccandlish")

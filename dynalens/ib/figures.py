@@ -1,11 +1,9 @@
-"""Plotly figures of the information plane and of training curves (read from tables
-and stores only; computing lives in :mod:`dynalens.ib.plane`)."""
+"""Plotly figures of the information plane (read from tables only; computing lives in
+:mod:`dynalens.ib.plane`). Scalar curves and saving: :mod:`dynalens.figures`."""
 
 from __future__ import annotations
 
 import math
-import os
-from pathlib import Path
 from typing import Any
 
 from dynalens._optional import require
@@ -79,33 +77,3 @@ def plot_information_plane(
         height=580,
     )
     return fig
-
-
-def plot_scalars(df: Any, columns: list[str], *, title: str = "training", x: str = "step") -> Any:
-    """Line plots of scalar-table columns (loss, accuracy, ...) against ``x``."""
-    go = require("plotly.graph_objects", "plot_scalars")
-    fig = go.Figure()
-    for col in columns:
-        if col in df.columns:
-            part = df[[x, col]].dropna()
-            fig.add_trace(go.Scatter(x=part[x], y=part[col], mode="lines", name=col))
-    fig.update_layout(title=title, xaxis_title=x, template="plotly_white", width=760, height=360)
-    fig.update_xaxes(type="log")
-    return fig
-
-
-def save_figure(fig: Any, path: str | os.PathLike[str], *, png: bool = True) -> list[Path]:
-    """Write ``fig`` as self-contained HTML (plotly.js inlined: works offline) and, when
-    kaleido can render, as PNG next to it. Returns the files written."""
-    html = Path(path).with_suffix(".html")
-    html.parent.mkdir(parents=True, exist_ok=True)
-    fig.write_html(html, include_plotlyjs=True)
-    written = [html]
-    if png:
-        out = html.with_suffix(".png")
-        try:
-            fig.write_image(out, scale=2)
-            written.append(out)
-        except Exception:  # kaleido missing, or no browser for it: HTML is enough
-            pass
-    return written

@@ -128,7 +128,8 @@ def reproduce(
         epochs: override the number of training epochs.
         var_u: path of the paper's ``var_u.mat``; default the built-in 12-bit task.
     """
-    from dynalens.ib.figures import plot_information_plane, plot_scalars, save_figure
+    from dynalens.figures import plot_scalars, save_figure
+    from dynalens.ib.figures import plot_information_plane
     from dynalens.ib.plane import information_plane
 
     if name not in REPRODUCTIONS:

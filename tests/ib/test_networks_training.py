@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -61,13 +62,29 @@ def test_quick_reproduction_writes_figures_and_results(tmp_path):
     assert saved["task"] == "built-in 12-bit task"
 
 
-def test_reproduce_reads_the_papers_labels(tmp_path):
+SHARED_VAR_U = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "var_u.mat"
+
+
+@pytest.mark.skipif(not SHARED_VAR_U.exists(), reason="../shared/data/var_u.mat not present")
+def test_the_papers_labels_load_from_shared_data():
+    """var_u.mat (IDNNs): every 12-bit pattern once in lexicographic order; 2118 ones."""
     pytest.importorskip("scipy")
+    from dynalens.datasets.twelve_bit import all_patterns
     from dynalens.ib.reproduce import load_task
 
-    x, y = load_task("/work/shared/data/var_u.mat") if __import__("os").path.exists(
-        "/work/shared/data/var_u.mat") else load_task(None)
-    assert x.shape == (4096, 12) and set(np.unique(y)) <= {0, 1}
+    x, y = load_task(SHARED_VAR_U)
+    np.testing.assert_array_equal(x, all_patterns(12))
+    assert int(y.sum()) == 2118 and len(y) == 4096
+
+
+def test_builtin_task_is_balanced_and_symmetric():
+    from dynalens.datasets.twelve_bit import icosahedron_vertices, twelve_bit_task
+
+    x, y = twelve_bit_task()
+    assert abs(y.mean() - 0.5) < 0.01
+    np.testing.assert_array_equal(y, y[::-1])  # invariant under flipping every bit (s -> -s)
+    u = icosahedron_vertices()
+    assert np.allclose(np.linalg.norm(u, axis=1), 1) and np.allclose(u.sum(0), 0)
 
 
 def test_unknown_reproduction():
@@ -79,8 +96,15 @@ def test_unknown_reproduction():
 def test_summary_measures_compression():
     import pandas as pd
 
-    t = pd.DataFrame({"layer": [1, 1, 1], "site": ["a"] * 3, "step": [0, 1, 2],
-                      "I_XT": [1.0, 3.0, 2.5], "I_TY": [0.1, 0.5, 0.6]})
+    t = pd.DataFrame(
+        {
+            "layer": [1, 1, 1],
+            "site": ["a"] * 3,
+            "step": [0, 1, 2],
+            "I_XT": [1.0, 3.0, 2.5],
+            "I_TY": [0.1, 0.5, 0.6],
+        }
+    )
     (s,) = summarize(t)
     assert s["I_XT_peak"] == 3.0 and s["compression"] == pytest.approx(0.5)
     assert s["I_TY_final"] == 0.6

@@ -39,7 +39,9 @@ def discrete_store(tmp_path):
     x = torch.from_numpy(((np.arange(256)[:, None] >> np.arange(7, -1, -1)) & 1).astype(np.float32))
     y = (torch.arange(256) % 3 == 0).long()
     model = nn.Sequential(Quantizer(5), nn.Identity())
-    with dynalens.Recorder(model, tmp_path / "s", sites=["0"], every=[0, 1], capture=(), probe=(x, y)) as rec:
+    with dynalens.Recorder(
+        model, tmp_path / "s", sites=["0"], every=[0, 1], capture=(), probe=(x, y)
+    ) as rec:
         with torch.no_grad():  # what an optimizer step would do before rec.step(0):
             model[0].scale.mul_(2.0)  # step 1 sees a rescaled, equally informative layer
         rec.step(0)
@@ -111,7 +113,9 @@ def test_saturated_binning_warns_once(tmp_path):
     torch.manual_seed(0)
     x = torch.randn(300, 6)
     model = nn.Sequential(nn.Linear(6, 6), nn.Tanh())
-    with dynalens.Recorder(model, tmp_path / "s", sites="1", every=[0, 1], capture=(), probe=x) as rec:
+    with dynalens.Recorder(
+        model, tmp_path / "s", sites="1", every=[0, 1], capture=(), probe=x
+    ) as rec:
         rec.step(0)
         rec.step(1)
     with warnings.catch_warnings(record=True) as caught:
