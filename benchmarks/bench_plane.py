@@ -26,12 +26,13 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).parent))
-import dynalens  # noqa: E402
-from _machine import machine_info  # noqa: E402
-from dynalens.datasets import twelve_bit_task  # noqa: E402
-from dynalens.ib.networks import tishby_network  # noqa: E402
-from dynalens.ib.plane import information_plane  # noqa: E402
-from dynalens.probe.schedules import LogSpaced  # noqa: E402
+from _machine import machine_info
+
+import dynalens
+from dynalens.datasets import twelve_bit_task
+from dynalens.ib.networks import tishby_network
+from dynalens.ib.plane import information_plane
+from dynalens.probe.schedules import LogSpaced
 
 
 def paper_epochs(epochs: int, samples: int) -> list[int]:
@@ -58,7 +59,9 @@ def record(path: Path, epochs: list[int]) -> list[str]:
     return sites
 
 
-def numpy_plane(store: dynalens.Store, sites: list[str]) -> dict[tuple[str, int], tuple[float, float]]:
+def numpy_plane(
+    store: dynalens.Store, sites: list[str]
+) -> dict[tuple[str, int], tuple[float, float]]:
     """IDNNs-style: per layer and epoch, 30 bins on [-1, 1], unique rows, plug-in."""
     _, y = store.probe()
     edges = np.linspace(-1, 1, 31)

@@ -36,5 +36,5 @@ def test_gns_scalars_reach_the_store_and_plot(tmp_path):
     np.testing.assert_allclose(fig.data[0].y, df["loss"].dropna())
     files = save_figure(fig, tmp_path / "fig", png=False)
     assert files[0].read_text().count("plotly") > 10
-    with pytest.raises(InvalidParameterError, match="did you mean 'gns.b_simple'"):
+    with pytest.raises(InvalidParameterError, match=r"did you mean 'gns\.b_simple'"):
         plot_scalars(df, ["gns.b_simpel"])

@@ -41,7 +41,7 @@ def test_training_records_log_spaced_epochs_on_all_inputs(tmp_path):
     assert epochs[0] == 0 and epochs[-1] == 20
     assert store.steps("tanh1").tolist() == [e * spe for e in epochs]
     assert store.activations("tanh3", 0).shape == (64, 5)
-    px, py = store.probe()
+    px, _py = store.probe()
     np.testing.assert_array_equal(px, x.astype(np.float32))
     df = store.scalars()
     assert {"loss", "train_accuracy", "test_accuracy", "epoch"} <= set(df.columns)
@@ -80,7 +80,7 @@ def test_the_papers_labels_load_from_shared_data():
 def test_builtin_task_is_balanced_and_symmetric():
     from dynalens.datasets.twelve_bit import icosahedron_vertices, twelve_bit_task
 
-    x, y = twelve_bit_task()
+    _x, y = twelve_bit_task()
     assert abs(y.mean() - 0.5) < 0.01
     np.testing.assert_array_equal(y, y[::-1])  # invariant under flipping every bit (s -> -s)
     u = icosahedron_vertices()
