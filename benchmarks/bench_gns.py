@@ -18,8 +18,8 @@ import argparse
 import copy
 import json
 import os
-import platform
 import statistics
+import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -29,6 +29,9 @@ from typing import Any
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _machine import machine_info
 
 from dynalens.dynamics.gns_live import GradientNoiseScaleMonitor
 
@@ -187,22 +190,8 @@ def time_call(fn: Callable[[], Any], reps: int) -> float:
 
 
 def machine() -> dict[str, Any]:
-    cpu = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
     return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "threads_used": torch.get_num_threads(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
+        **machine_info(),
         "loadavg_start": os.getloadavg(),
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
     }

@@ -8,8 +8,9 @@ transformer-lens, plotly nor pandas.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from dynalens._lazy import lazy_getattr
 from dynalens.errors import DynalensError
 
 __version__ = "0.1.0"
@@ -27,9 +28,4 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'dynalens' has no attribute {name!r}")
+__getattr__ = lazy_getattr("dynalens", _LAZY)

@@ -5,8 +5,9 @@ Imports are lazy: ``import dynalens.dynamics`` loads nothing heavy until a name 
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from dynalens._lazy import lazy_getattr
 
 if TYPE_CHECKING:
     from dynalens.dynamics.cbs import (
@@ -96,8 +97,4 @@ __all__ = [  # noqa: RUF022 (grouped by module, as _LAZY)
 ]
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        module = importlib.import_module(f"dynalens.dynamics.{_LAZY[name]}")
-        return getattr(module, name)
-    raise AttributeError(f"module 'dynalens.dynamics' has no attribute {name!r}")
+__getattr__ = lazy_getattr("dynalens.dynamics", _LAZY)

@@ -8,7 +8,9 @@ probe set and returns a tidy table of I(X;T) and I(T;Y) per (site, step);
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from dynalens._lazy import lazy_getattr
 
 if TYPE_CHECKING:
     from dynalens.ib.figures import plot_information_plane
@@ -22,9 +24,4 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'dynalens.ib' has no attribute {name!r}")
+__getattr__ = lazy_getattr("dynalens.ib", _LAZY)
