@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -20,35 +19,11 @@ import zarr
 
 from dynalens.errors import ShapeMismatchError, StoreError
 from dynalens.probe import layout
+from dynalens.probe.chunk_files import ChunkFileWriter, fsync_dir
 
 _ARRAY_CONFIG: Any = {"write_empty_chunks": True}
 _SCALAR_CHUNK = 4096
 _STEP_CHUNK = 1024
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _atomic_write(path: Path, data: memoryview, fsync: bool, mkdir: bool = True) -> None:
-    if mkdir:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex}.partial")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        view = data
-        while view.nbytes:
-            written = os.write(fd, view)
-            view = view[written:]
-        if fsync:
-            os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
 
 
 def is_store_root(path: Path) -> bool:
@@ -86,10 +61,10 @@ class _RawArray:
     """A zarr v3 array whose chunks this process writes directly (uncompressed) or
     through zarr (compressed)."""
 
-    def __init__(self, arr: zarr.Array, directory: Path, fsync: bool) -> None:
+    def __init__(self, arr: zarr.Array, directory: Path, files: ChunkFileWriter) -> None:
         self.arr = arr
         self.dir = directory
-        self.fsync = fsync
+        self.files = files
         self.raw = len(arr.compressors) == 0
         self.dtype = arr.dtype if isinstance(arr.dtype, np.dtype) else np.dtype(str(arr.dtype))
         self.record_shape = tuple(arr.shape[1:])
@@ -105,8 +80,7 @@ class _RawArray:
         if self.raw:
             data = np.ascontiguousarray(block, dtype=self.dtype.newbyteorder("<"))
             key = self.dir / layout.chunk_key(coords)
-            view = memoryview(data).cast("B")  # type: ignore[arg-type]
-            _atomic_write(key, view, self.fsync, mkdir=False)
+            self.files.write(key, memoryview(data).cast("B"))  # type: ignore[arg-type]
         else:
             self.arr[sel] = block
 
@@ -149,6 +123,8 @@ class StoreWriter:
         compression: ``None`` or ``"zstd"`` (level 1, activations only).
         durability: ``"none"`` (survives process death) or ``"commit"`` (fsync the
             record's files before each commit: survives power loss too, slower).
+        direct_io: write large chunks with O_DIRECT where the filesystem allows (see
+            :mod:`dynalens.probe.chunk_files`).
     """
 
     def __init__(
@@ -161,9 +137,11 @@ class StoreWriter:
         create_run: bool = True,
         compression: str | None = None,
         durability: str = "none",
+        direct_io: bool = True,
     ) -> None:
         self.path = Path(path)
         self.fsync = durability == "commit"
+        self.files = ChunkFileWriter(fsync=self.fsync, direct=direct_io)
         self.compression = compression
         if create_run:
             root = create_or_open_root(self.path)
@@ -220,7 +198,7 @@ class StoreWriter:
             chunk_key_encoding=layout.CHUNK_KEY_ENCODING,
             **kwargs,
         )
-        return _RawArray(arr, self.group_dir / path, self.fsync)
+        return _RawArray(arr, self.group_dir / path, self.files)
 
     def _record_array(self, path: str, data: np.ndarray, attrs: dict[str, Any]) -> _RawArray:
         ra = self.arrays.get(path)
@@ -339,7 +317,7 @@ class StoreWriter:
         if self.fsync:
             for directory in {self.group_dir, *(ra.dir for ra in self.arrays.values())}:
                 if directory.exists():
-                    _fsync_dir(directory)
+                    fsync_dir(directory)
         # one atomic rewrite of the rank group's zarr.json (attrs.update would write
         # it once per key)
         self.group.update_attributes(
