@@ -139,7 +139,6 @@ def test_writer_errors_surface_in_the_training_thread(tmp_path, mlp, data, monke
 def test_back_pressure_bounds_pending_records(tmp_path, mlp, data, monkeypatch):
     """A slow disk makes step() wait instead of queueing without bound."""
     import threading
-    import time
 
     x, y = data
     rec = dynalens.Recorder(mlp, tmp_path / "s", sites="fc1", every=1, max_pending=2)
@@ -153,9 +152,7 @@ def test_back_pressure_bounds_pending_records(tmp_path, mlp, data, monkeypatch):
         real(*args)
 
     monkeypatch.setattr(rec._writer, "write_record", slow)
-    t0 = time.perf_counter()
     train(mlp, rec, x, y, steps=8)
     rec.close()
     assert max(peak) <= 2
     assert dynalens.open_store(tmp_path / "s").steps().tolist() == list(range(8))
-    assert time.perf_counter() - t0 >= 0  # ran to completion; the bound is what matters
