@@ -1,5 +1,8 @@
 """Heavy statistics: each op has a float64 torch reference, a CPU fallback, a Triton
-kernel for CUDA tensors, and a dispatcher. Importing this package never imports triton."""
+kernel for CUDA tensors, and a dispatcher. Importing this package never imports triton.
+
+Ops named like their module (``knn.knn``, ``ksg_counts.ksg_counts``) are imported from the
+module, e.g. ``from dynalens.kernels.knn import knn``."""
 
 from __future__ import annotations
 

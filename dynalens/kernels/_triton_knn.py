@@ -2,10 +2,11 @@
 
 Distances use direct differences (a [BM, BN, BD] broadcast per dimension chunk), so exact
 duplicates are at distance exactly 0 and L∞ distances equal the torch fallback's bit for bit.
-The kNN kernel keeps, per row, an unsorted set of the k best distances (padded to a power
-of two with −inf, which are never replaced); each column tile hands over its k smallest by k
-rounds of ``tl.min(..., return_indices=True)`` extraction — exact with ties, cheap for the
-small k of KSG (3–10), and fast in the interpreter (``tl.topk`` is ~30× slower there).
+The kNN kernel keeps, per row, an unsorted set of the k best distances and their column
+indices (padded to a power of two with −inf, which are never replaced); each column tile
+hands over its k smallest by k rounds of ``tl.min(..., return_indices=True)`` extraction —
+exact with ties, cheap for the small k of KSG (3–10), and fast in the interpreter
+(``tl.topk`` is ~30× slower there).
 The count kernel compares the same distances with the per-row radius.
 """
 
@@ -74,7 +75,7 @@ def _sqrt(v, ACC: tl.constexpr):
 @triton.autotune(configs=_CONFIGS, key=["n", "d"], prune_configs_by=_PRUNE)
 @triton.jit
 def _knn_kernel(
-    x_ptr, out_ptr, n, d,
+    x_ptr, out_ptr, idx_ptr, n, d,
     K: tl.constexpr, KP: tl.constexpr, MAXNORM: tl.constexpr, ACC: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr,
 ):  # fmt: skip
@@ -82,6 +83,8 @@ def _knn_kernel(
     slots = tl.arange(0, KP)
     # unsorted k best per row; padding slots hold -inf so that they are never the max
     best = tl.where(slots[None, :] < K, float("inf"), float("-inf")) + tl.zeros((BM, KP), ACC)
+    # column index of each slot (-1 while empty)
+    bidx = tl.full((BM, KP), -1, dtype=tl.int32)
     for start in range(0, n, BN):
         cols = start + tl.arange(0, BN)
         dist = _dist_tile(x_ptr, rows, cols, n, d, BM, BN, BD, MAXNORM, ACC)
@@ -93,15 +96,19 @@ def _knn_kernel(
             worst, slot = tl.max(best, axis=1, return_indices=True)
             take = (mn < worst)[:, None] & (slots[None, :] == slot[:, None])
             best = tl.where(take, mn[:, None], best)
+            bidx = tl.where(take, (start + arg)[:, None], bidx)
             dist = tl.where(lanes[None, :] == arg[:, None], float("inf"), dist)
     best = tl.where(slots[None, :] < K, best, float("inf"))
     rmask = rows < n
     for j in tl.static_range(K):
         mn, arg = tl.min(best, axis=1, return_indices=True)
+        hit = slots[None, :] == arg[:, None]
+        col = tl.sum(tl.where(hit, bidx, 0), axis=1)
         if not MAXNORM:
             mn = _sqrt(mn, ACC)
         tl.store(out_ptr + rows.to(tl.int64) * K + j, mn, mask=rmask)
-        best = tl.where(slots[None, :] == arg[:, None], float("inf"), best)
+        tl.store(idx_ptr + rows.to(tl.int64) * K + j, col.to(tl.int64), mask=rmask)
+        best = tl.where(hit, float("inf"), best)
 
 
 @triton.autotune(configs=_CONFIGS, key=["n", "d"], prune_configs_by=_PRUNE)
@@ -133,8 +140,8 @@ def _acc(x: torch.Tensor):
     return tl.float64 if x.dtype == torch.float64 else tl.float32
 
 
-def knn(x: torch.Tensor, k: int, metric: str) -> torch.Tensor:
-    """(n, k) ascending neighbour distances with the streaming selection kernel."""
+def knn(x: torch.Tensor, k: int, metric: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(n, k) ascending neighbour distances and int64 indices (streaming selection)."""
     if k > MAX_K:
         raise InvalidParameterError(
             f"the Triton kNN kernel supports k <= {MAX_K}; got k={k}. Use backend='torch'."
@@ -143,12 +150,13 @@ def knn(x: torch.Tensor, k: int, metric: str) -> torch.Tensor:
     n, d = x.shape
     dt = torch.float64 if x.dtype == torch.float64 else torch.float32
     out = torch.empty(n, k, dtype=dt, device=x.device)
+    idx = torch.empty(n, k, dtype=torch.int64, device=x.device)
 
     def grid(meta):
         return (triton.cdiv(n, meta["BM"]),)
 
-    _knn_kernel[grid](x, out, n, d, K=k, KP=next_pow2(k), MAXNORM=metric == "max", ACC=_acc(x))
-    return out
+    _knn_kernel[grid](x, out, idx, n, d, K=k, KP=next_pow2(k), MAXNORM=metric == "max", ACC=_acc(x))
+    return out, idx
 
 
 def counts(x: torch.Tensor, r: torch.Tensor, metric: str, strict: bool) -> torch.Tensor:

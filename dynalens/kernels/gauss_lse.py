@@ -4,8 +4,14 @@
     gaussian_gram(x, y)_ij =     exp(−‖x_i − y_j‖² / (2 var))
 
 ``var`` is the kernel variance σ² in squared units of x. ``y=None`` means ``y = x``; then the
-self-distance is exactly 0 (not the rounded expanded form) and ``exclude_self=True`` drops the
-``j = i`` term (leave-one-out KDE). The normalising constant ``−log m − (d/2) log(2π var)`` of a
+self-distance is exactly 0 (not the rounded expanded form). ``exclude_self=True`` drops the
+``j = i`` term: with ``y=None`` the leave-one-out KDE; with a ``y`` of as many rows as x, the
+pairs (x_i, y_i) — ``log Σ_{j≠i} exp(−‖x_i − y_j‖² / (2 var))``, e.g. the leave-one-out
+mixture ``log (1/(n−1)) Σ_{j≠i} N(t_i; c_j, σ²)`` of the known-channel MI upper bound
+(Poole et al. 2019), where t_i = c_i + noise. The term is dropped by index, never
+subtracted, so the result stays exact when it would dominate the sum (small var).
+
+The normalising constant ``−log m − (d/2) log(2π var)`` of a
 Gaussian KDE is *not* included: callers add it (e.g. the KDE mutual-information upper bound
 ``I ≤ −(1/n) Σ_i (LSE_i − log n)`` of Kolchinsky & Tracey 2017, "Estimating mixture entropy
 with pairwise distances", Entropy 19:361; used by Saxe et al. 2018, ICLR).
@@ -85,10 +91,11 @@ def _check(
                 f"x and y must have the same number of columns; got x {tuple(x.shape)} and "
                 f"y {tuple(y.shape)}."
             )
-        if exclude_self:
+        if exclude_self and y.shape[0] != x.shape[0]:
             raise InvalidParameterError(
-                "exclude_self=True needs y=None (the self term is only defined when y is x); "
-                "drop y, or pass exclude_self=False."
+                "exclude_self=True with y drops the pairs (x_i, y_i), so y needs as many rows "
+                f"as x; got x {tuple(x.shape)} and y {tuple(y.shape)}. Pass y=None for the "
+                "leave-one-out sum over x itself, or exclude_self=False."
             )
     if x.shape[0] == 0 or y.shape[0] == 0 or x.shape[1] == 0:
         raise InvalidInputError(
@@ -206,7 +213,8 @@ def gauss_lse(
         x: (n, d) query points (or (n,)); torch tensor or numpy array.
         y: (m, d) reference points, or None for ``y = x``.
         var: kernel variance σ² > 0, in squared units of x.
-        exclude_self: drop the ``j = i`` term (only with ``y=None``; needs n >= 2).
+        exclude_self: drop the ``j = i`` term (``y=None``, or y with n rows paired with
+            x by row; needs n >= 2).
         backend: ``"auto"``, ``"reference"``, ``"torch"`` or ``"triton"``.
 
     Returns:

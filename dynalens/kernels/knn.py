@@ -20,24 +20,31 @@ backends agree to a few ulps and counts at a radius within rounding of a distanc
 *between* backends; within one backend, kNN distances and radius counts are consistent
 (``radius_counts(x, knn[:, k-1], strict=True) <= k-1``).
 
-CPU fallback: ``scipy.spatial.cKDTree`` for d <= 8 (trees win 50–90× at d <= 2), otherwise
-brute force: scikit-learn's compiled pairwise engine for the L∞ kNN when installed, chunked
-torch otherwise (per-dimension max for L∞; a GEMM with exact re-ranking for L2).
+Neighbour indices (:func:`knn`): ``indices[i, j]`` is a row whose distance to x_i is
+``distances[i, j]`` (never i itself). Among rows at *equal* distance (exact ties, e.g.
+duplicates) which one is returned is unspecified and may differ between backends; the
+distances never do.
+
+CPU fallback (:mod:`dynalens.kernels._knn_cpu`, with its measured cost rule):
+``scipy.spatial.cKDTree`` kNN for d <= 8 (trees win 50–90× at d <= 2), brute force above
+(scikit-learn's compiled pairwise engine for L∞ when installed, chunked torch otherwise: a
+GEMM with exact re-ranking for L2); L∞ radius counts with scikit-learn's KD-tree
+(``count_only``) for d <= 16 — its cost hardly depends on how many points the
+balls hold — L2 counts with ``cKDTree`` for d <= 8, brute force otherwise.
 Triton kernel: row tiles stream over column tiles with direct differences and keep the k
-smallest by k rounds of min-extraction (exact with ties).
+smallest (with their column indices) by k rounds of min-extraction (exact with ties).
 """
 
 from __future__ import annotations
 
-import importlib.util
 import math
 from typing import Any
 
-import numpy as np
 import torch
 
 from dynalens._validation import check_bool, check_int, check_option
 from dynalens.errors import InvalidInputError, InvalidParameterError
+from dynalens.kernels import _knn_cpu
 from dynalens.kernels._dispatch import (
     Backend,
     Work,
@@ -48,24 +55,16 @@ from dynalens.kernels._dispatch import (
 )
 
 __all__ = [
+    "knn",
     "knn_distances",
     "knn_distances_reference",
+    "knn_reference",
     "radius_counts",
     "radius_counts_reference",
     "work",
 ]
 
 METRICS = ("max", "euclidean")
-#: Largest dimension for which the CPU fallback uses a KD-tree.
-TREE_MAX_DIM = 8
-#: Brute-force engine for the L∞ kNN above TREE_MAX_DIM: "auto" uses scikit-learn's
-#: compiled pairwise engine when installed (2–3× faster than per-dimension torch ops, same
-#: distances: max |a − b| is exact before rounding), "torch" always uses chunked torch.
-BRUTE_ENGINE = "auto"
-#: Elements of one distance tile in the brute-force fallback (16 MiB of float32).
-_TILE_ELEMS = 1 << 22
-#: Extra candidates re-ranked exactly in the Euclidean GEMM path.
-_EXTRA = 8
 
 
 def work(n: int, d: int, k: int = 1, *, metric: str = "max", elem_bytes: int = 4) -> Work:
@@ -110,12 +109,19 @@ def _pairwise_reference(x: torch.Tensor, y: torch.Tensor, metric: str) -> torch.
     return torch.cat(parts)
 
 
-def knn_distances_reference(x: Any, k: int, *, metric: str = "max") -> torch.Tensor:
-    """Float64 reference: the full distance matrix, diagonal masked, ``topk`` smallest."""
+def knn_reference(x: Any, k: int, *, metric: str = "max") -> tuple[torch.Tensor, torch.Tensor]:
+    """Float64 reference: the full distance matrix, diagonal masked, ``topk`` smallest;
+    returns (distances, int64 indices)."""
     x = _check_x(x)
     dist = _pairwise_reference(x, x, metric)
     dist.fill_diagonal_(math.inf)
-    return dist.topk(k, dim=1, largest=False, sorted=True).values
+    out = dist.topk(k, dim=1, largest=False, sorted=True)
+    return out.values, out.indices
+
+
+def knn_distances_reference(x: Any, k: int, *, metric: str = "max") -> torch.Tensor:
+    """Float64 reference distances (see :func:`knn_reference`)."""
+    return knn_reference(x, k, metric=metric)[0]
 
 
 def radius_counts_reference(
@@ -147,216 +153,60 @@ def _check_radius(radius: Any, n: int, device: torch.device) -> torch.Tensor:
     return r
 
 
-def _scipy_ok(x: torch.Tensor) -> bool:
-    return (
-        x.device.type == "cpu"
-        and x.shape[1] <= TREE_MAX_DIM
-        and importlib.util.find_spec("scipy") is not None
-    )
-
-
-# --------------------------------------------------------------------------- torch fallback
-
-
-def _max_tile(rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
-    """``max_k |rows_ik − cols_jk|``: ``torch.cdist(p=inf)`` evaluates it directly (no GEMM),
-    so it is exact up to one rounding per coordinate; it measured faster than per-dimension
-    torch ops or a 3-D broadcast here."""
-    return torch.cdist(rows, cols, p=math.inf)
-
-
-def _row_block(n: int, d: int) -> int:
-    return max(8, min(n, _TILE_ELEMS // max(1, n)))
-
-
-def _sklearn_ok(x: torch.Tensor) -> bool:
-    return (
-        BRUTE_ENGINE == "auto"
-        and x.device.type == "cpu"
-        and importlib.util.find_spec("sklearn") is not None
-    )
-
-
-def _knn_sklearn_max(x: torch.Tensor, k: int) -> torch.Tensor:
-    from sklearn.neighbors import NearestNeighbors
-
-    pts = x.numpy()
-    nn = NearestNeighbors(n_neighbors=k + 1, metric="chebyshev", algorithm="brute", n_jobs=-1)
-    dist = nn.fit(pts).kneighbors(pts, return_distance=True)[0]
-    # the first column is a zero: the point itself or an exact duplicate of it
-    return torch.from_numpy(np.ascontiguousarray(dist[:, 1:])).to(x.dtype)
-
-
-def _knn_brute_max(x: torch.Tensor, k: int) -> torch.Tensor:
-    n, d = x.shape
-    out = torch.empty(n, k, dtype=x.dtype, device=x.device)
-    R = _row_block(n, d)
-    for s in range(0, n, R):
-        e = min(n, s + R)
-        tile = _max_tile(x[s:e], x)
-        ar = torch.arange(e - s, device=x.device)
-        tile[ar, ar + s] = math.inf
-        out[s:e] = tile.topk(k, dim=1, largest=False, sorted=True).values
-    return out
-
-
-def _sqnorm_tile(xc: torch.Tensor, sq: torch.Tensor, s: int, e: int) -> torch.Tensor:
-    """Expanded squared distances ``‖x_i‖² + ‖x_j‖² − 2 x_i·x_j`` for rows s:e (centred x)."""
-    tile = torch.addmm(sq[None, :], xc[s:e], xc.T, alpha=-2.0)
-    tile.add_(sq[s:e, None])
-    return tile.clamp_(min=0.0)
-
-
-def _direct_sq(x: torch.Tensor, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
-    return (x[i] - x[j]).pow_(2).sum(-1)
-
-
-def _expanded_tol(xc: torch.Tensor, sq: torch.Tensor) -> torch.Tensor:
-    """Per-row bound on the error of the expanded squared distance (rounding analysis)."""
-    eps = torch.finfo(xc.dtype).eps
-    return (2 * xc.shape[1] + 8) * eps * (sq + sq.max())
-
-
-def _knn_brute_euclid(x: torch.Tensor, k: int) -> torch.Tensor:
-    n, d = x.shape
-    xc = x - x.mean(0)
-    sq = xc.pow(2).sum(1)
-    tol = _expanded_tol(xc, sq)
-    m = min(n - 1, k + _EXTRA)
-    out = torch.empty(n, k, dtype=x.dtype, device=x.device)
-    R = _row_block(n, d)
-    for s in range(0, n, R):
-        e = min(n, s + R)
-        tile = _sqnorm_tile(xc, sq, s, e)
-        ar = torch.arange(e - s, device=x.device)
-        tile[ar, ar + s] = math.inf
-        cand = tile.topk(m, dim=1, largest=False, sorted=True)
-        rows = torch.arange(s, e, device=x.device)
-        exact = _direct_sq(xc, rows[:, None], cand.indices)
-        best = exact.topk(k, dim=1, largest=False, sorted=True).values
-        if m < n - 1:
-            # certified when no non-candidate can beat the k-th exact distance
-            bad = best[:, -1] > cand.values[:, -1] - 2 * tol[s:e]
-            for r in torch.nonzero(bad).flatten().tolist():
-                i = s + r
-                dist = _direct_sq(xc, torch.full((n,), i, device=x.device), torch.arange(n))
-                dist[i] = math.inf
-                best[r] = dist.topk(k, largest=False, sorted=True).values
-        out[s:e] = best
-    return out.sqrt_()
-
-
-def _knn_tree(x: torch.Tensor, k: int, metric: str) -> torch.Tensor:
-    from scipy.spatial import cKDTree
-
-    pts = x.numpy().astype(np.float64, copy=False)
-    p = math.inf if metric == "max" else 2.0
-    dist, _ = cKDTree(pts).query(pts, k=k + 1, p=p, workers=-1)
-    # the first column is a zero: the point itself or an exact duplicate of it. Float64
-    # distances of float32 points, rounded once: for L∞ equal to the float32 direct value
-    return torch.from_numpy(np.ascontiguousarray(dist[:, 1:])).to(x.dtype)
-
-
-def _knn_torch(x: torch.Tensor, k: int, metric: str) -> torch.Tensor:
-    x = x.to(compute_dtype(x))
-    if _scipy_ok(x):
-        return _knn_tree(x, k, metric)
-    if metric == "max":
-        return _knn_sklearn_max(x, k) if _sklearn_ok(x) else _knn_brute_max(x, k)
-    return _knn_brute_euclid(x, k)
-
-
-def _count_brute(x: torch.Tensor, r: torch.Tensor, metric: str, strict: bool) -> torch.Tensor:
-    n, d = x.shape
-    counts = torch.empty(n, dtype=torch.long, device=x.device)
-    R = _row_block(n, d)
-    if metric == "max":
-        for s in range(0, n, R):
-            e = min(n, s + R)
-            tile = _max_tile(x[s:e], x)
-            rr = r[s:e, None]
-            counts[s:e] = (tile < rr if strict else tile <= rr).sum(1)
-    else:
-        xc = x - x.mean(0)
-        sq = xc.pow(2).sum(1)
-        tol = _expanded_tol(xc, sq)
-        r2 = r * r
-        for s in range(0, n, R):
-            e = min(n, s + R)
-            tile = _sqnorm_tile(xc, sq, s, e)
-            ar = torch.arange(e - s, device=x.device)
-            tile[ar, ar + s] = 0.0
-            lo = (r2[s:e] - 2 * tol[s:e])[:, None]
-            hi = (r2[s:e] + 2 * tol[s:e])[:, None]
-            c = (tile < lo).sum(1)
-            amb = torch.nonzero((tile >= lo) & (tile <= hi))
-            if amb.numel():
-                i, j = amb[:, 0] + s, amb[:, 1]
-                dist = _direct_sq(xc, i, j).sqrt_()
-                ok = dist < r[i] if strict else dist <= r[i]
-                c.index_add_(0, amb[:, 0], ok.long())
-            counts[s:e] = c
-    # the point itself (distance 0) was counted when 0 < r (strict) or 0 <= r
-    self_in = (r > 0) if strict else (r >= 0)
-    return counts - self_in.long()
-
-
-def _thresholds(r: torch.Tensor, strict: bool) -> np.ndarray:
-    """Float64 thresholds t with ``round(d) < r  <=>  d <= t`` (``<=`` if not strict).
-
-    The KD-tree path reports float64 distances d rounded once to the compute precision;
-    rounding is monotone, so comparing round(d) with r is comparing d with the rounding
-    boundary next to r; at an exact midpoint round-half-even decides the side.
-    """
-    if r.dtype == torch.float64:
-        rad = r.numpy()
-        return np.nextafter(rad, -np.inf) if strict else rad.copy()
-    r32 = r.numpy().astype(np.float32)
-    with np.errstate(over="ignore", invalid="ignore"):
-        other = np.nextafter(r32, np.float32(-np.inf if strict else np.inf))
-        low, high = (other, r32) if strict else (r32, other)
-        mid = (low.astype(np.float64) + high.astype(np.float64)) / 2
-    # values at the midpoint round to the neighbour with an even last bit
-    low_even = (low.view(np.int32) & 1) == 0
-    t = np.where(low_even, mid, np.nextafter(mid, -np.inf))
-    t = np.where(np.isinf(r32), r32.astype(np.float64), t)
-    if strict:
-        t = np.where(r32 <= 0, -1.0, t)
-    return t
-
-
-def _count_tree(x: torch.Tensor, r: torch.Tensor, metric: str, strict: bool) -> torch.Tensor:
-    from scipy.spatial import cKDTree
-
-    n = x.shape[0]
-    pts = x.numpy().astype(np.float64, copy=False)
-    # one query: compare float64 tree distances with the rounding boundaries next to r, so
-    # counts agree exactly with the (rounded) distances that _knn_tree returns
-    t = _thresholds(r, strict)
-    counts = np.zeros(n, dtype=np.int64)
-    pos = t >= 0
-    if pos.any():
-        p = math.inf if metric == "max" else 2.0
-        counts[pos] = cKDTree(pts).query_ball_point(
-            pts[pos], t[pos], p=p, workers=-1, return_length=True
-        )
-    self_in = (r > 0) if strict else (r >= 0)
-    return torch.from_numpy(counts) - self_in.long()
-
-
 # --------------------------------------------------------------------------- public API
 
 
-def knn_distances(
+def _check_k(k: Any, n: int) -> int:
+    k = check_int("k", k, min=1)
+    if k >= n:
+        raise InvalidParameterError(
+            f"k must be smaller than the number of rows of x ({n}), since a point is not its "
+            f"own neighbour; got k={k}. Lower k or pass more samples."
+        )
+    return k
+
+
+def knn(
     x: Any, k: int, *, metric: str = "max", backend: Backend = "auto"
-) -> torch.Tensor:
-    """Distances from each row of ``x`` to its ``k`` nearest other rows, ascending.
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``k`` nearest other rows of each row of ``x``: distances (ascending) and indices.
 
     Args:
         x: (n, d) samples (or (n,), read as d = 1); torch tensor or numpy array.
         k: number of neighbours, 1 <= k < n.
         metric: ``"max"`` (Chebyshev, for KSG) or ``"euclidean"``.
         backend: ``"auto"``, ``"reference"``, ``"torch"`` or ``"triton"``.
+
+    Returns:
+        ``(distances, indices)``, both (n, k) on x's device. Distances: row i sorted
+        ascending, float64 for float64 x, else float32; column k−1 is the k-th neighbour
+        distance ε_i of KSG. Indices: int64, ``dist(x_i, x[indices[i, j]]) ==
+        distances[i, j]`` and never i; which row is returned among exact ties is
+        unspecified (backend dependent).
+
+    Example:
+        >>> x = torch.tensor([[0.0], [1.0], [3.0]])
+        >>> d, i = knn(x, 1)
+        >>> d.flatten().tolist(), i.flatten().tolist()
+        ([1.0, 1.0, 2.0], [1, 0, 1])
+    """
+    metric = check_option("metric", metric, METRICS)
+    x = _check_x(x)
+    k = _check_k(k, x.shape[0])
+    which = choose_backend(backend, x)
+    if which == "reference":
+        dist, idx = knn_reference(x, k, metric=metric)
+        return dist.to(compute_dtype(x)), idx
+    if which == "triton":
+        return triton_module("knn").knn(x, k, metric)
+    return _knn_cpu.knn(x, k, metric)
+
+
+def knn_distances(
+    x: Any, k: int, *, metric: str = "max", backend: Backend = "auto"
+) -> torch.Tensor:
+    """Distances from each row of ``x`` to its ``k`` nearest other rows, ascending: the
+    first output of :func:`knn` (same arguments).
 
     Returns:
         (n, k) tensor, row i sorted ascending, on x's device; float64 for float64 x, else
@@ -367,21 +217,7 @@ def knn_distances(
         >>> knn_distances(x, 1).flatten().tolist()
         [1.0, 1.0, 2.0]
     """
-    metric = check_option("metric", metric, METRICS)
-    x = _check_x(x)
-    n = x.shape[0]
-    k = check_int("k", k, min=1)
-    if k >= n:
-        raise InvalidParameterError(
-            f"k must be smaller than the number of rows of x ({n}), since a point is not its "
-            f"own neighbour; got k={k}. Lower k or pass more samples."
-        )
-    which = choose_backend(backend, x)
-    if which == "reference":
-        return knn_distances_reference(x, k, metric=metric).to(compute_dtype(x))
-    if which == "triton":
-        return triton_module("knn").knn(x, k, metric)
-    return _knn_torch(x, k, metric)
+    return knn(x, k, metric=metric, backend=backend)[0]
 
 
 def radius_counts(
@@ -421,6 +257,4 @@ def radius_counts(
     x, r = x.to(dt), r.to(dt)
     if which == "triton":
         return triton_module("knn").counts(x, r, metric, strict)
-    if _scipy_ok(x):
-        return _count_tree(x, r, metric, strict)
-    return _count_brute(x, r, metric, strict)
+    return _knn_cpu.counts(x, r, metric, strict)

@@ -119,3 +119,24 @@ def test_nondeterministic_channel_groups():
     c = np.array([[0.0], [100.0], [200.0], [300.0]])
     # T identifies the row; X is a coarsening: I = H(X) = log 2
     assert NoisyChannelMI(noise_var=1.0).estimate(x, c).estimate == pytest.approx(math.log(2))
+
+
+def test_leave_one_out_mixture_is_exact_when_the_own_term_dominates():
+    """Regression for the one-pass leave-one-out mixture (paired exclude_self): with tiny
+    variance each t_i is nearly all its own centre's mass, the others' share underflows
+    float64, and the old "full minus self" form had to recompute rows block by block."""
+    import torch
+    from scipy.special import logsumexp
+
+    from dynalens.estimators.mi._mixture import log_mixture_loo
+
+    rng = np.random.default_rng(0)
+    c = rng.normal(size=(150, 3))
+    for var in (1e-6, 1e-2, 1.0):
+        t = c + math.sqrt(var) * rng.normal(size=c.shape)
+        logits = -((t[:, None, :] - c[None]) ** 2).sum(-1) / (2 * var)
+        np.fill_diagonal(logits, -np.inf)
+        want = logsumexp(logits, axis=1) - math.log(149) - 1.5 * math.log(2 * math.pi * var)
+        got = log_mixture_loo(torch.from_numpy(t), torch.from_numpy(c), var).numpy()
+        assert np.isfinite(got).all()
+        np.testing.assert_allclose(got, want, rtol=1e-10)

@@ -50,6 +50,37 @@ def test_lse_matches_reference(backend, dtype, var, exclude_self):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("var", [1e-4, 0.7])
+def test_paired_exclude_self_matches_reference(backend, dtype, var):
+    # t_i = c_i + small noise: with var = 1e-4 the pair's own term is ~e^-0.1 while every
+    # other term is below e^-1000 — the cancellation regime of "full sum minus self"
+    c = _points(67, 5, seed=3)
+    t = c + 0.01 * _points(67, 5, seed=4)
+    c, t = c.to(dtype), t.to(dtype)
+    ref64 = gauss_lse(t.double(), c.double(), var=var, exclude_self=True, backend="reference")
+    out = gauss_lse(t, c, var=var, exclude_self=True, backend=backend)
+    assert out.dtype == dtype and out.shape == (67,)
+    if dtype == torch.float64:
+        torch.testing.assert_close(out, ref64, rtol=1e-12, atol=1e-9)
+    else:
+        ref32 = _lse32(t, c, var, True)
+        extra = _expanded_extra(torch.cat([t, c]), var, ref64)
+        assert_close_to_reference(out, ref64, ref32, extra=extra)
+    if var == 1e-4:
+        full = gauss_lse(t.double(), c.double(), var=var, backend=backend)
+        own = -(t.double() - c.double()).pow(2).sum(1) / (2 * var)
+        torch.testing.assert_close(full, own, rtol=0, atol=1e-9)  # the others vanish
+        # the others' share of the full sum is < e^-40 ~ 4e-18, below float64 resolution:
+        # "log(full - own)" would be -inf or noise; dropping j = i by index is exact
+        assert (ref64 - full < -40).all()
+    # the pairs (x_i, x_i) of y = x are the self terms of y=None
+    same = gauss_lse(c, var=var, exclude_self=True, backend=backend)
+    paired = gauss_lse(c, c.clone(), var=var, exclude_self=True, backend=backend)
+    torch.testing.assert_close(paired, same)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_lse_float64_in_float64_out(backend):
     x, y = _points(41, 3).double(), _points(29, 3, seed=1).double()
     out = gauss_lse(x, y, var=0.3, backend=backend)
@@ -127,6 +158,8 @@ def test_scale_invariance_and_parameters_matter():
     assert not torch.allclose(gauss_lse(x, var=0.4), a)
     assert not torch.allclose(gauss_lse(x, var=0.8, exclude_self=True), a)
     assert (gauss_lse(x, var=0.8, exclude_self=True) < a).all()
+    y = x.flip(0)
+    assert (gauss_lse(x, y, var=0.8, exclude_self=True) < gauss_lse(x, y, var=0.8)).all()
 
 
 def test_numpy_and_1d_inputs():
@@ -138,8 +171,8 @@ def test_numpy_and_1d_inputs():
 
 def test_errors_say_what_to_do():
     x = _points(5, 2)
-    with pytest.raises(InvalidParameterError, match="exclude_self=True needs y=None"):
-        gauss_lse(x, x, var=1.0, exclude_self=True)
+    with pytest.raises(InvalidParameterError, match="y needs as many rows as x"):
+        gauss_lse(x, x[:4], var=1.0, exclude_self=True)
     with pytest.raises(InvalidParameterError, match="var must be > 0"):
         gauss_lse(x, var=0.0)
     with pytest.raises(InvalidInputError, match="same number of columns"):

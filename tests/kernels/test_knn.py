@@ -1,4 +1,5 @@
-"""knn_distances / radius_counts: kernel, KD-tree and brute fallbacks against the reference."""
+"""knn / knn_distances / radius_counts: kernel, KD-tree and brute fallbacks against the
+reference."""
 
 from __future__ import annotations
 
@@ -9,26 +10,34 @@ import pytest
 import torch
 
 from dynalens.errors import InvalidInputError, InvalidParameterError
-from dynalens.kernels import knn
-from dynalens.kernels.knn import knn_distances, radius_counts
+from dynalens.kernels import _knn_cpu
+from dynalens.kernels.knn import knn, knn_distances, radius_counts
 from tests.kernels.conftest import BACKENDS, assert_close_to_reference
 
-# "torch" runs the KD-tree for d <= 8 and brute force above (scikit-learn for the L∞ kNN);
-# "torch-brute" forces the chunked-torch brute force at every d
-PATHS = [*BACKENDS, "torch-brute"]
+# "torch" follows the cost rule (KD-trees in low d, brute force above; scikit-learn for the
+# L∞ kNN and counts); "torch-brute" forces the chunked-torch brute force at every d;
+# "torch-tree" forces the KD-trees at every d; "torch-scipy" hides scikit-learn (cKDTree
+# counts, torch brute-force kNN)
+PATHS = [*BACKENDS, "torch-brute", "torch-tree", "torch-scipy"]
 
 
 @pytest.fixture
 def run(monkeypatch):
     def call(fn, *args, backend, **kwargs):
-        if backend == "torch-brute":
-            monkeypatch.setattr(knn, "TREE_MAX_DIM", 0)
-            monkeypatch.setattr(knn, "BRUTE_ENGINE", "torch")
-            backend = "torch"
-        out = fn(*args, backend=backend, **kwargs)
-        monkeypatch.setattr(knn, "TREE_MAX_DIM", 8)
-        monkeypatch.setattr(knn, "BRUTE_ENGINE", "auto")
-        return out
+        with monkeypatch.context() as m:
+            if backend == "torch-brute":
+                m.setattr(_knn_cpu, "KNN_TREE_MAX_DIM", 0)
+                m.setattr(_knn_cpu, "L2_TREE_MAX_DIM", 0)
+                m.setattr(_knn_cpu, "COUNT_TREE_MAX_DIM", 0)
+                m.setattr(_knn_cpu, "BRUTE_ENGINE", "torch")
+            elif backend == "torch-tree":
+                m.setattr(_knn_cpu, "KNN_TREE_MAX_DIM", 64)
+                m.setattr(_knn_cpu, "L2_TREE_MAX_DIM", 64)
+                m.setattr(_knn_cpu, "COUNT_TREE_MAX_DIM", 64)
+            elif backend == "torch-scipy":
+                m.setattr(_knn_cpu, "has", lambda module: module != "sklearn")
+            backend = "torch" if backend.startswith("torch") else backend
+            return fn(*args, backend=backend, **kwargs)
 
     return call
 
@@ -60,6 +69,37 @@ def test_knn_matches_reference(run, backend, metric, d, dtype):
         ref32 = d32.topk(5, dim=1, largest=False).values
         eps = torch.finfo(torch.float32).eps
         assert_close_to_reference(out, ref64, ref32, extra=4 * (d + 2) * eps * ref64.max().item())
+
+
+def _direct(x: torch.Tensor, idx: torch.Tensor, metric: str) -> torch.Tensor:
+    """Distances from each row to the rows named by idx, in float64 from the given x."""
+    x64 = x.double()
+    diff = x64[:, None, :] - x64[idx]
+    return diff.abs().amax(-1) if metric == "max" else diff.pow(2).sum(-1).sqrt()
+
+
+@pytest.mark.parametrize("backend", PATHS)
+@pytest.mark.parametrize("metric", ["max", "euclidean"])
+@pytest.mark.parametrize(("n", "d", "k"), [(83, 1, 5), (83, 3, 5), (70, 11, 7), (40, 2, 20)])
+def test_knn_indices_name_the_neighbours(run, backend, metric, n, d, k):
+    x = _data(n, d) if n > 50 else torch.randn(3, d)[torch.arange(n) % 3]
+    dist, idx = run(knn, x, k, metric=metric, backend=backend)
+    assert idx.dtype == torch.long and idx.shape == (n, k)
+    rows = torch.arange(n)[:, None]
+    assert not (idx == rows).any()  # never the point itself
+    assert all(len(set(r)) == k for r in idx.tolist())  # k distinct rows
+    # the named rows are at the returned distances (one rounding: exact for L∞)
+    direct = _direct(x.float(), idx, metric)
+    if metric == "max":
+        assert torch.equal(dist, direct.float())
+    else:
+        torch.testing.assert_close(dist.double(), direct, rtol=1e-6, atol=1e-6)
+    # and they are the nearest: distances equal the reference's
+    ref = knn(x.double(), k, metric=metric, backend="reference")[0]
+    torch.testing.assert_close(dist.double(), ref, rtol=1e-6, atol=1e-6)
+    assert torch.equal(dist, run(knn_distances, x, k, metric=metric, backend=backend))
+    if n > 50:  # rows 3, 7 and 50 are copies: each one's two nearest are the other two
+        assert set(idx[3, :2].tolist()) == {7, 50} and set(idx[7, :2].tolist()) == {3, 50}
 
 
 @pytest.mark.parametrize("backend", PATHS)

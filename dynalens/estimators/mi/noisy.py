@@ -162,7 +162,7 @@ class NoisyChannelMI(MIEstimator):
                 logpc[g] = log_mixture(t[g], c[g], var)
             terms.append(logpc - logp)
             if sample_mode:  # the leave-one-out bound costs two more n x n passes
-                upper_terms.append(logpc - log_mixture_loo(t, c, var, self_logit))
+                upper_terms.append(logpc - log_mixture_loo(t, c, var))
         allt = torch.cat(terms)
         est = float(allt.mean())
         se = float(allt.std() / math.sqrt(allt.numel())) if allt.numel() > 1 else 0.0
