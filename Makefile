@@ -27,8 +27,15 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check dynalens tests benchmarks
 	$(VENV)/bin/mypy
 
+# every CPU benchmark (about 25 minutes on 2 cores), then the README tables
 bench: $(STAMP)
 	$(PY) benchmarks/bench_recording.py
+	$(PY) benchmarks/bench_plane.py
+	$(PY) benchmarks/bench_mi.py
+	$(PY) benchmarks/bench_gns.py
+	$(PY) benchmarks/bench_kernels.py
+	$(PY) benchmarks/bench_cbs.py
+	$(PY) benchmarks/summarize.py
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .mypy_cache .ruff_cache
