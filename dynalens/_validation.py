@@ -74,6 +74,19 @@ def check_bool(name: str, value: Any) -> bool:
     return bool(value)
 
 
+def check_samples_shape(name: str, shape: tuple[int, ...]) -> None:
+    """Samples must be an (n, d) array with n >= 1 (after (n,) became (n, 1))."""
+    if len(shape) != 2:
+        raise InvalidInputError(
+            f"{name} must have shape (n,) or (n, d); got shape {tuple(shape)}. "
+            "Flatten the feature axes first, e.g. x.reshape(len(x), -1)."
+        )
+    if shape[0] == 0:
+        raise InvalidInputError(
+            f"{name} is empty (shape {tuple(shape)}); pass at least one sample."
+        )
+
+
 def as_2d_float(name: str, x: Any, *, dtype: Any = np.float64) -> np.ndarray:
     """Samples as an (n, d) float array; accepts numpy, torch, lists; (n,) becomes (n, 1)."""
     if hasattr(x, "detach"):
@@ -89,13 +102,7 @@ def as_2d_float(name: str, x: Any, *, dtype: Any = np.float64) -> np.ndarray:
         )
     if arr.ndim == 1:
         arr = arr[:, None]
-    if arr.ndim != 2:
-        raise InvalidInputError(
-            f"{name} must have shape (n,) or (n, d); got shape {arr.shape}. "
-            "Flatten the feature axes first, e.g. x.reshape(len(x), -1)."
-        )
-    if arr.shape[0] == 0:
-        raise InvalidInputError(f"{name} is empty (shape {arr.shape}); pass at least one sample.")
+    check_samples_shape(name, arr.shape)
     arr = arr.astype(dtype, copy=False)
     if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
         bad = int((~np.isfinite(arr)).sum())

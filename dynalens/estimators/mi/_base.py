@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from dynalens._validation import as_2d_float, check_same_length
+from dynalens._validation import as_2d_float, check_same_length, check_samples_shape
 from dynalens.errors import InvalidInputError, InvalidParameterError
 
 __all__ = [
@@ -125,13 +125,7 @@ def _as_tensor(name: str, x: ArrayLike) -> tuple[torch.Tensor, bool]:
             raise InvalidInputError(f"{name} must be real; got a complex tensor.")
         if t.ndim == 1:
             t = t[:, None]
-        if t.ndim != 2:
-            raise InvalidInputError(
-                f"{name} must have shape (n,) or (n, d); got shape {tuple(t.shape)}. "
-                "Flatten the feature axes first, e.g. x.reshape(len(x), -1)."
-            )
-        if t.shape[0] == 0:
-            raise InvalidInputError(f"{name} is empty (shape {tuple(t.shape)}); pass samples.")
+        check_samples_shape(name, tuple(t.shape))
         dtype = torch.float32 if t.device.type == "cuda" else torch.float64
         t = t.to(dtype)
         if not torch.isfinite(t).all():

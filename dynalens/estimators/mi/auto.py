@@ -24,6 +24,7 @@ floats whose values are all whole numbers with at most n/5 distinct rows.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import torch
@@ -102,6 +103,11 @@ def select_method(vx: Variable, vy: Variable, noise_var: float | None) -> tuple[
     return "ksg", "both continuous: KSG-1 (max-norm, standardised, Gao et al. ties)"
 
 
+def _with_reason(res: MIResult, reason: str) -> MIResult:
+    """The delegated estimator's result, with why ``auto`` chose it in ``details``."""
+    return dataclasses.replace(res, details={**res.details, "auto_reason": reason})
+
+
 class AutoMI(MIEstimator):
     """Pick a valid estimator from the data (see the module docstring) and run it.
 
@@ -137,18 +143,7 @@ class AutoMI(MIEstimator):
         method, reason = select_method(vx, vy, params["noise_var"])
         est = self._make(method, params)
         res = est._estimate(vx, vy, est._check_params())
-        return MIResult(
-            estimate=res.estimate,
-            method=res.method,
-            units=res.units,
-            quantity=res.quantity,
-            lower=res.lower,
-            upper=res.upper,
-            stderr=res.stderr,
-            n=res.n,
-            params=res.params,
-            details={**res.details, "auto_reason": reason},
-        )
+        return _with_reason(res, reason)
 
     def _entropy(self, v: Variable, params: dict[str, Any]) -> MIResult:
         if params["noise_var"] is not None:
@@ -159,15 +154,4 @@ class AutoMI(MIEstimator):
             method, reason = "ksg", "continuous: Kozachenko-Leonenko kNN entropy"
         est = self._make(method, params)
         res = est._entropy(v, est._check_params())
-        return MIResult(
-            estimate=res.estimate,
-            method=res.method,
-            units=res.units,
-            quantity=res.quantity,
-            lower=res.lower,
-            upper=res.upper,
-            stderr=res.stderr,
-            n=res.n,
-            params=res.params,
-            details={**res.details, "auto_reason": reason},
-        )
+        return _with_reason(res, reason)
