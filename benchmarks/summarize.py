@@ -83,13 +83,16 @@ def gns(d: dict[str, Any]) -> list[str]:
         "**Per-example gradient norms** (`bench_gns.py`; CPU-time ratio to a plain forward + "
         "backward, median of rounds):",
         "",
-        "| shape | dynalens | every 10 steps | BackPACK | Opacus ghost | torch.func vmap | goal |",
-        "|---|---|---|---|---|---|---|",
+        "| shape | dynalens | every 10 steps | hand-written floor | BackPACK | Opacus ghost "
+        "| torch.func vmap | goal |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, s in d["shapes"].items():
         r = s["ratio"]
+        floor = r.get("floor_handwritten")
         rows.append(
             f"| {name} | {f(r['dynalens'])} | {f(r['dynalens_every10'])} | "
+            f"{'-' if floor is None else f(floor)} | "
             f"{f(r.get('backpack_BatchL2Grad', float('nan')))} | {f(r.get('opacus_ghost', float('nan')))} | "
             f"{f(r.get('torch_func_vmap', float('nan')))} | {s['goal']} ({'met' if s['goal_met'] else 'not met'}) |"
         )

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
         two_batch_estimates,
     )
     from dynalens.dynamics.gns_live import GradientNoiseScaleMonitor
+    from dynalens.dynamics.grad_capture import CaptureMeans, GradCapture
     from dynalens.dynamics.hessian import hvp, top_hessian_eigenvalue
     from dynalens.dynamics.instruments import (
         DynamicsMonitor,
@@ -34,11 +35,7 @@ if TYPE_CHECKING:
         sgd_temperature,
     )
     from dynalens.dynamics.mccandlish import reproduce_mccandlish
-    from dynalens.dynamics.per_example import (
-        GradCapture,
-        PerExampleGradNorms,
-        per_example_sq_norms,
-    )
+    from dynalens.dynamics.per_example import PerExampleGradNorms, per_example_sq_norms
     from dynalens.dynamics.stats import RatioStats
     from dynalens.dynamics.sweep import batch_size_sweep
 
@@ -50,7 +47,8 @@ _LAZY = {
     "two_batch_estimates": "gns",
     "hvp": "hessian",
     "top_hessian_eigenvalue": "hessian",
-    "GradCapture": "per_example",
+    "CaptureMeans": "grad_capture",
+    "GradCapture": "grad_capture",
     "PerExampleGradNorms": "per_example",
     "per_example_sq_norms": "per_example",
     "RatioStats": "stats",
@@ -77,6 +75,7 @@ __all__ = [  # noqa: RUF022 (grouped by module, as _LAZY)
     "two_batch_estimates",
     "hvp",
     "top_hessian_eigenvalue",
+    "CaptureMeans",
     "GradCapture",
     "PerExampleGradNorms",
     "per_example_sq_norms",

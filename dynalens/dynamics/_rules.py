@@ -43,6 +43,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from dynalens.kernels.ghost_norm import layer_sq_norms
 from dynalens.probe.hooks import first_tensor
 
 SqNorms = dict[str, torch.Tensor]
@@ -76,16 +77,15 @@ class LinearRule(Rule):
     name = "linear"
 
     def sq_norms(self, module: Any, inputs: tuple[Any, ...], g: torch.Tensor) -> SqNorms:
-        from dynalens.kernels.ghost_norm import linear_sq_norms
-
-        a, gg = _as_btd(inputs[0].detach()), _as_btd(g.detach())
-        if a.shape[1] == 1:
-            a, gg = a[:, 0], gg[:, 0]
-        out = {"weight": linear_sq_norms(a, gg)}
-        if module.bias is not None:
-            gsum = gg if gg.ndim == 2 else gg.sum(1)
-            out["bias"] = gsum.pow(2).sum(1).to(out["weight"].dtype)
-        return out
+        a, gg = inputs[0], g
+        if torch.is_grad_enabled():  # inside backward only with create_graph=True
+            a, gg = a.detach(), gg.detach()
+        if a.ndim != 2:
+            a, gg = _as_btd(a), _as_btd(gg)
+            if a.shape[1] == 1:
+                a, gg = a[:, 0], gg[:, 0]
+        w, b = layer_sq_norms(a, gg, module.bias is not None)
+        return {"weight": w} if b is None else {"weight": w, "bias": b}
 
     def per_example(
         self, module: Any, inputs: tuple[Any, ...], g: torch.Tensor
@@ -207,13 +207,9 @@ class Conv2dRule(Rule):
         return u.transpose(1, 2), gg.transpose(1, 2)  # (B, L, K), (B, L, C_out)
 
     def sq_norms(self, module: Any, inputs: tuple[Any, ...], g: torch.Tensor) -> SqNorms:
-        from dynalens.kernels.ghost_norm import linear_sq_norms
-
         a, gg = self._unfold(module, inputs, g)
-        out = {"weight": linear_sq_norms(a, gg)}
-        if module.bias is not None:
-            out["bias"] = gg.sum(1).pow(2).sum(1).to(out["weight"].dtype)
-        return out
+        w, b = layer_sq_norms(a, gg, module.bias is not None)
+        return {"weight": w} if b is None else {"weight": w, "bias": b}
 
     def per_example(
         self, module: Any, inputs: tuple[Any, ...], g: torch.Tensor

@@ -52,7 +52,8 @@ from torch import nn
 
 from dynalens._validation import check_float, check_int, check_option
 from dynalens.dynamics.gns import group_by_layer, two_batch_estimates
-from dynalens.dynamics.per_example import GradCapture, PerExampleGradNorms
+from dynalens.dynamics.grad_capture import CaptureMeans
+from dynalens.dynamics.per_example import PerExampleGradNorms
 from dynalens.dynamics.stats import RatioStats
 from dynalens.errors import InvalidParameterError
 from dynalens.probe.hooks import HookSet
@@ -60,6 +61,9 @@ from dynalens.probe.schedules import as_schedule
 
 SOURCES = ("per_example", "microbatch")
 GROUPINGS = ("layer", "param", "none")
+#: Unmeasured steps in a row from which the instrument removes its hooks until the next
+#: measured step (re-registering costs about as much as two idle steps with hooks).
+IDLE_RUN = 3
 
 
 class GradientNoiseScaleMonitor:
@@ -177,7 +181,7 @@ class GradientNoiseScaleMonitor:
         self.history: deque[StepScalars] = deque(maxlen=self.history_len)
         self._latest: StepScalars | None = None
         self._next = self.start_step
-        engine.active = self.schedule_(self._next)
+        self._arm(engine)
         if self.optimizer is not None:
             self._opt_handle = self.optimizer.register_step_pre_hook(
                 lambda opt, args, kwargs: self._on_optimizer_step()
@@ -233,36 +237,46 @@ class GradientNoiseScaleMonitor:
         s = self._next if step is None else int(step)
         out = None
         if engine.active:
-            cap = engine.collect()
-            if cap.n_examples > 1:
-                out = self._update(s, cap)
+            means = engine.collect_means()
+            if means.n_examples > 1:
+                out = self._update(s, means)
         else:
             engine.reset()
         self._next = s + 1
-        engine.active = self.schedule_(self._next)
+        self._arm(engine)
         return out
 
-    def _update(self, step: int, cap: GradCapture) -> StepScalars | None:
+    def _arm(self, engine: PerExampleGradNorms) -> None:
+        """Hooks on for a measured next step; off over a run of unmeasured ones."""
+        nxt = self._next
+        engine.active = self.schedule_(nxt)
+        if engine.active:
+            engine.hooks_on()
+        elif not any(self.schedule_(nxt + k) for k in range(1, IDLE_RUN)):
+            engine.hooks_off()
+
+    def _update(self, step: int, means: CaptureMeans) -> StepScalars | None:
         # Per step: reductions only (no interval, no per-group dicts; see StepScalars).
-        P = len(cap.batch_grad_sq)
-        b_big = sum(cap.batch_size.values()) / P
-        big = np.fromiter(cap.batch_grad_sq.values(), np.float64, count=P)
+        b_big = float(means.batch_size.mean())
+        big = means.batch_grad_sq
         if self.source == "per_example":
-            small = _means(list(cap.per_example.values()))
+            assert means.per_example_mean is not None
+            small = means.per_example_mean
             b_small = 1.0
         else:
-            if len(cap.pass_sizes) < 2:
+            if len(means.pass_sizes) < 2:
                 return None  # one pass: no two batch sizes this step
-            small = np.fromiter(
-                (sum(v) / len(v) for v in cap.pass_grad_sq.values()), np.float64, count=P
-            )
-            b_small = sum(cap.pass_sizes) / len(cap.pass_sizes)
+            small = means.pass_grad_sq_mean
+            b_small = sum(means.pass_sizes) / len(means.pass_sizes)
         if b_big <= b_small:
             two_batch_estimates(small, b_small, big, b_big)  # raises with the explanation
-        M = self._group_matrix
-        small_g, big_g = M @ small, M @ big
-        tr = (small_g - big_g) / (1.0 / b_small - 1.0 / b_big)
-        g2 = (b_big * big_g - b_small * small_g) / (b_big - b_small)
+        # Group sums, then the two-batch estimates (McCandlish A.2-A.3) as one 2x2 product.
+        sums = self._group_matrix @ np.stack((small, big), 1)  # [groups + 1, 2]
+        k_tr = 1.0 / (1.0 / b_small - 1.0 / b_big)
+        k_g2 = 1.0 / (b_big - b_small)
+        coef = np.array([[k_tr, -b_small * k_g2], [-k_tr, b_big * k_g2]])
+        est = sums @ coef
+        tr, g2 = est[:, 0], est[:, 1]
         if self.sync_ranks:
             tr, g2 = _average_over_ranks(tr, g2)
         self.stats.update(tr, g2)
@@ -309,8 +323,8 @@ class StepScalars(Mapping[str, float]):
         self.step = int(step)
         self.tr, self.g2 = tr, g2
         self._b_big = float(b_big)
-        self._state = (st.n, st.w, st.w2, st.sx.copy(), st.sy.copy(), st.sxx.copy(),
-                       st.syy.copy(), st.sxy.copy())  # fmt: skip
+        # RatioStats rebinds its arrays on every update (never in place): no copies.
+        self._state = (st.n, st.w, st.w2, st.sx, st.sy, st.sxx, st.syy, st.sxy)
         self._beta, self._z = st.beta, monitor.z
         self._prefix, self._groups = monitor.prefix, monitor.group_names_
         self._keys = monitor._scalar_keys
@@ -371,13 +385,6 @@ class StepScalars(Mapping[str, float]):
 
     def __repr__(self) -> str:
         return f"StepScalars(step={self.step}, {self._prefix}.step_trace_sigma={self.tr[-1]:.4g})"
-
-
-def _means(rows: list[torch.Tensor]) -> np.ndarray:
-    """Mean of each [N] row, with one conversion when the rows share dtype and device."""
-    if len({(r.dtype, r.device) for r in rows}) == 1:
-        return torch.stack(rows).mean(1).double().cpu().numpy()
-    return np.array([float(r.double().mean()) for r in rows])
 
 
 def _average_over_ranks(tr: np.ndarray, g2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

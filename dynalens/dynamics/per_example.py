@@ -38,15 +38,16 @@ from __future__ import annotations
 import warnings
 from collections import defaultdict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from dynalens._validation import check_float, check_option
 from dynalens.dynamics._rules import FuncRule, Rule, rule_for
+from dynalens.dynamics.grad_capture import CaptureMeans, GradCapture, to_floats
 from dynalens.errors import HookNotFiredError, InvalidInputError, InvalidParameterError, listing
 from dynalens.probe.hooks import HookSet, first_tensor
 
@@ -56,33 +57,6 @@ REDUCTIONS = ("mean", "sum")
 
 #: Modules whose forward uses child parameters without calling the children.
 OPAQUE: tuple[type[nn.Module], ...] = (nn.MultiheadAttention,)
-
-
-@dataclass
-class GradCapture:
-    """What one optimizer step's backward passes measured, in units of ``∇l_i``.
-
-    Attributes:
-        per_example: parameter name -> ``[N]`` ``‖∇θ l_i‖²`` for the N examples of all
-            passes (concatenated in pass order), in the computation dtype (float32 for
-            float32 / half models, float64 for float64 ones).
-        batch_grad_sq: parameter name -> ``|G_B|²``, the squared norm of the mean
-            gradient the optimizer sees (the passes weighted as the loss weighted them).
-        batch_size: parameter name -> effective batch size of ``G_B``,
-            ``(Σ_k c_k)² / Σ_k c_k²/B_k`` (= N for equal passes), so that
-            ``E|G_B|² = |G|² + tr Σ / batch_size`` holds exactly.
-        n_examples: N.
-        pass_grad_sq: parameter name -> ``|G_k|²`` of each backward pass k (the mean
-            gradient of that pass alone), for the two-batch (micro-batch) estimator.
-        pass_sizes: examples per pass.
-    """
-
-    per_example: dict[str, torch.Tensor] = field(default_factory=dict)
-    batch_grad_sq: dict[str, float] = field(default_factory=dict)
-    batch_size: dict[str, float] = field(default_factory=dict)
-    n_examples: int = 0
-    pass_grad_sq: dict[str, list[float]] = field(default_factory=dict)
-    pass_sizes: list[int] = field(default_factory=list)
 
 
 class _Call:
@@ -154,8 +128,11 @@ class PerExampleGradNorms:
         self._busy = False
         self._warned_bad = False
         self.excluded_: list[str] = []
-        self._handles: list[RemovableHandle] = []
+        self._handles: list[RemovableHandle] = []  # parameter hooks
+        self._fwd_handles: list[RemovableHandle] = []
         self._own_hooks: HookSet | None = None
+        self._hook_plan: tuple[list[Any], list[Any]] = ([], [])
+        self._attached = False
 
     # ------------------------------------------------------------------ attach
     def _validate(self) -> None:
@@ -243,7 +220,7 @@ class PerExampleGradNorms:
     def attach(self) -> PerExampleGradNorms:
         """Validate, choose a rule per module and register the hooks; returns self."""
         self._validate()
-        if self._handles or self._own_hooks is not None:
+        if self._attached:
             raise InvalidParameterError(
                 "this engine is already attached; call detach() before attaching again."
             )
@@ -257,30 +234,61 @@ class PerExampleGradNorms:
         measured = {id(p) for *_, own in plan for _, p in own}
         self.skipped_ = sorted(n for i, n in pname.items() if i not in measured)
         self.param_names_ = [n for i, n in pname.items() if i in measured]
+        params = {id(p): p for _, p in self.model.named_parameters()}
+        self._hook_plan = (
+            [(m, rule, [(local, id(p)) for local, p in own]) for _, m, rule, own in plan]
+            if self.capture_examples
+            else [],
+            [(params[i], pname[i]) for i in params if i in measured],
+        )
         if self.hooks is None:
             self._own_hooks = HookSet()
+        self.reset()
+        self._attached = True
+        self.hooks_on()
+        return self
+
+    def hooks_on(self) -> None:
+        """Register the hooks (after :meth:`attach`, which calls it; no-op when on)."""
+        if self._handles or self._fwd_handles or not self._attached:
+            return
         hooks = self.hooks if self.hooks is not None else self._own_hooks
         assert hooks is not None
-        self.reset()
-        for _, m, rule, own in plan if self.capture_examples else []:
-            entries = [(local, id(p)) for local, p in own]
-            hooks.on_forward(m, self._forward_hook(rule, entries))
-        params = {id(p): p for _, p in self.model.named_parameters()}
-        for i in measured:
-            self._handles.append(params[i].register_hook(self._param_hook(params[i], pname[i])))
-        return self
+        modules, params = self._hook_plan
+        for m, rule, entries in modules:
+            self._fwd_handles.append(hooks.on_forward(m, self._forward_hook(rule, entries)))
+        for p, name in params:
+            self._handles.append(p.register_hook(self._param_hook(p, name)))
+
+    def hooks_off(self) -> None:
+        """Remove the hooks but keep the plan; :meth:`hooks_on` restores them.
+
+        A module with a forward hook takes the slow path of ``nn.Module.__call__`` even
+        when the hook returns at once (~1-2 % of a small model's step on a CPU), so a
+        live instrument turns its hooks off over runs of steps it does not measure.
+        """
+        hooks = self.hooks if self.hooks is not None else self._own_hooks
+        while self._fwd_handles:
+            handle = self._fwd_handles.pop()
+            if hooks is not None:
+                hooks.discard(handle)
+            else:
+                handle.remove()
+        while self._handles:
+            self._handles.pop().remove()
 
     def detach(self) -> None:
         """Remove every hook this engine added (its own HookSet, and parameter hooks)."""
-        while self._handles:
-            self._handles.pop().remove()
+        self.hooks_off()
         if self._own_hooks is not None:
             self._own_hooks.remove()
             self._own_hooks = None
+        self._hook_plan = ([], [])
+        self._attached = False
         self.reset()
 
     def __enter__(self) -> PerExampleGradNorms:
-        return self.attach() if not self._handles else self
+        return self if self._attached else self.attach()
 
     def __exit__(self, *exc: object) -> None:
         self.detach()
@@ -335,21 +343,29 @@ class PerExampleGradNorms:
     def _record_pass(
         self, name: str, p: nn.Parameter, grad: torch.Tensor, sq: torch.Tensor | None, B: int
     ) -> None:
-        # Runs inside backward for every parameter: keep it to two dot products and list
-        # appends; conversions and scaling happen once per step in collect().
+        # Runs inside backward for every parameter, where each torch call costs ~10-20 us
+        # on a CPU: one dot (two when gradients accumulate) and list appends; scaling
+        # and conversions happen once per step in collect().
         s = float(self.loss_scale()) if callable(self.loss_scale) else self.loss_scale
         c = s if self.reduction == "mean" else s * B  # coefficient of G_pass in grad
         if sq is not None:
-            self._per_example[name].append((sq.detach(), c / B))
+            self._per_example[name].append((sq, c / B))
         self._passes[name].append((B, c))
         if self.track_batch_grad:
-            flat = grad.detach().reshape(-1)
-            self._scalars.append(flat.dot(flat))
+            if grad.requires_grad:  # create_graph=True: keep the statistics out of it
+                grad = grad.detach()
+            scalars = self._scalars
+            flat = grad.reshape(-1)
+            if flat.dtype in (torch.float32, torch.float64):
+                scalars.append(flat.dot(flat))  # a dot reads memory once: ~2x vector_norm
+            else:  # half precision: accumulate in float32
+                flat = flat.float()
+                scalars.append(flat.dot(flat))
             cross = -1
             if p.grad is not None:
-                self._scalars.append(flat.dot(p.grad.detach().reshape(-1)))
-                cross = len(self._scalars) - 1
-            self._dots[name].append((len(self._scalars) - 1 - (cross >= 0), cross))
+                scalars.append(flat.dot(p.grad.detach().reshape(-1).to(flat.dtype)))
+                cross = len(scalars) - 1
+            self._dots[name].append((len(scalars) - 1 - (cross >= 0), cross))
 
     # ------------------------------------------------------------------ results
     def reset(self) -> None:
@@ -360,6 +376,66 @@ class PerExampleGradNorms:
         self._dots: dict[str, list[tuple[int, int]]] = defaultdict(list)
         self._scalars: list[torch.Tensor] = []
         self._missed: set[str] = set()
+
+    def collect_means(self, *, reset: bool = True) -> CaptureMeans:
+        """The per-parameter means the noise-scale statistics need (see :class:`CaptureMeans`).
+
+        Equal to ``CaptureMeans.from_capture(self.collect(), self.param_names_)``; a step
+        of one backward pass (the common case) takes a short path of a few array
+        operations for all parameters together.
+        """
+        means = self._single_pass_means()
+        if means is None:
+            means = CaptureMeans.from_capture(self.collect(reset=False), self.param_names_)
+        if reset:
+            self.reset()
+        return means
+
+    def _single_pass_means(self) -> CaptureMeans | None:
+        """The means of a step with one pass of B examples for every parameter, else None."""
+        names = self.param_names_
+        passes, per_example = self._passes, self._per_example
+        if (
+            self._missed
+            or self.excluded_
+            or not self.track_batch_grad
+            or not self.capture_examples
+            or len(passes) != len(names)
+            or len(per_example) != len(names)
+            or any(len(v) != 1 for v in passes.values())
+        ):
+            return None
+        B = passes[names[0]][0][0]
+        if any(v[0][0] != B for v in passes.values()):
+            return None
+        rows = [per_example[n][0] for n in names]
+        kinds = {(sq.dtype, sq.device) for sq, _ in rows} | {
+            (t.dtype, t.device) for t in self._scalars
+        }
+        if len(kinds) != 1:
+            return None
+        # One conversion for everything: the row sums of the per-example norms, then the
+        # scalars of the parameter hooks (gradient norms, cross dots).
+        P = len(names)
+        sums = torch.stack([sq for sq, _ in rows]).sum(1)
+        vals = torch.cat((sums, torch.stack(self._scalars))).tolist()
+        mean_sq = np.empty(P)
+        big = np.empty(P)
+        inv_c2 = np.empty(P)
+        for k, n in enumerate(names):
+            (i, j), c = self._dots[n][0], passes[n][0][1]
+            d = rows[k][1]  # n_i = sq_i / d² with d = c/B (see _record_pass)
+            mean_sq[k] = vals[k] / (B * d * d)
+            big[k] = vals[P + i] + (2.0 * vals[P + j] if j >= 0 else 0.0)
+            inv_c2[k] = 1.0 / (c * c)
+        return CaptureMeans(
+            per_example_mean=mean_sq,
+            batch_grad_sq=big * inv_c2,
+            batch_size=np.full(len(names), float(B)),
+            pass_grad_sq_mean=big * inv_c2,
+            pass_sizes=[B],
+            n_examples=B,
+        )
 
     def collect(self, *, reset: bool = True) -> GradCapture:
         """The per-example norms and ``|G_B|²`` of the passes since the last collect."""
@@ -394,7 +470,7 @@ class PerExampleGradNorms:
                 self._warned_bad = True
             self.excluded_ = sorted(set(self.excluded_) | set(bad))
             cap.n_examples = N
-        vals = _to_floats(self._scalars)
+        vals = to_floats(self._scalars)
         for name in self.param_names_:
             passes = self._passes.get(name)
             if not passes or name in self.excluded_:  # unused or left out: zero
@@ -418,15 +494,6 @@ class PerExampleGradNorms:
         if reset:
             self.reset()
         return cap
-
-
-def _to_floats(scalars: list[torch.Tensor]) -> list[float]:
-    """0-d tensors to Python floats with one conversion when they share a dtype."""
-    if not scalars:
-        return []
-    if len({t.dtype for t in scalars}) == 1 and len({t.device for t in scalars}) == 1:
-        return torch.stack(scalars).double().tolist()
-    return [float(t) for t in scalars]
 
 
 def per_example_sq_norms(

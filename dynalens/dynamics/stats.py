@@ -70,13 +70,15 @@ class RatioStats:
 
     def update(self, x: Any, y: Any) -> RatioStats:
         """Add one step's estimates ``x`` (numerator) and ``y`` (denominator), shape (K,)."""
-        x = np.asarray(x, dtype=np.float64).reshape(-1)
-        y = np.asarray(y, dtype=np.float64).reshape(-1)
+        if not (_is_vector(x, self.n_groups) and _is_vector(y, self.n_groups)):
+            x = np.asarray(x, dtype=np.float64).reshape(-1)
+            y = np.asarray(y, dtype=np.float64).reshape(-1)
         if x.shape != (self.n_groups,) or y.shape != (self.n_groups,):
             raise InvalidInputError(
                 f"update expects x and y of shape ({self.n_groups},), one value per group; "
                 f"got {x.shape} and {y.shape}."
             )
+        # The arrays are rebound, never changed in place: snapshots may share them.
         b = self.beta
         self.n += 1
         self.w = b * self.w + 1.0
@@ -179,3 +181,8 @@ def fieller(
         open_low = np.where((a < 0) & (disc > 0) & (lower_root < 0), upper_root, 0.0)
         low = np.where(bounded, low, np.maximum(open_low, 0.0))
     return low, high
+
+
+def _is_vector(a: Any, k: int) -> bool:
+    """A float64 numpy array of shape (k,) (no conversion needed)."""
+    return isinstance(a, np.ndarray) and a.dtype == np.float64 and a.shape == (k,)

@@ -42,7 +42,13 @@ from dynalens.kernels._dispatch import (
     triton_module,
 )
 
-__all__ = ["ghost_is_cheaper", "linear_sq_norms", "linear_sq_norms_reference", "work"]
+__all__ = [
+    "ghost_is_cheaper",
+    "layer_sq_norms",
+    "linear_sq_norms",
+    "linear_sq_norms_reference",
+    "work",
+]
 
 #: Elements of intermediate per chunk in the torch fallback (64 MiB of float32).
 _CHUNK_ELEMS = 1 << 24
@@ -109,12 +115,40 @@ def _torch_sq_norms(a: torch.Tensor, g: torch.Tensor, bias: bool) -> torch.Tenso
             gg = torch.bmm(gc, gc.transpose(1, 2))
             res = (ga.mul_(gg)).sum((1, 2))
         else:
-            w = torch.bmm(gc.transpose(1, 2), ac)
-            res = w.pow_(2).sum((1, 2))
+            w = torch.bmm(gc.transpose(1, 2), ac)  # one reduction pass over w (no pow_ write)
+            res = torch.linalg.vector_norm(w.flatten(1), dim=1).square_()
         if bias:
             res = res + gc.sum(1).pow(2).sum(1)
         out[s : s + step] = res
     return out
+
+
+def layer_sq_norms(
+    a: torch.Tensor, g: torch.Tensor, bias: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Hot path of the per-example engine: weight and bias norms of one call, no checks.
+
+    ``a`` (B, d_in) or (B, T, d_in) and ``g`` (B, d_out) or (B, T, d_out) are detached
+    tensors on one device with matching leading axes (the engine's hooks guarantee it;
+    :func:`linear_sq_norms` is the checked entry point). Returns ``(‖W_b‖², ‖β_b‖²)``
+    (the second None without ``bias``) in the computation dtype. For 2-D inputs the
+    weight norm is ``‖a‖²‖g‖²`` from two fused row reductions and the bias norm is the
+    ``‖g‖²`` already computed; sequences take the Triton kernel on CUDA, else the torch
+    fallback.
+    """
+    dt = compute_dtype(a, g)
+    if a.ndim == 2:
+        gn = torch.linalg.vector_norm(g, dim=1, dtype=dt).square_()
+        an = torch.linalg.vector_norm(a, dim=1, dtype=dt).square_()
+        return an.mul_(gn), (gn if bias else None)
+    if a.is_cuda and choose_backend("auto", a, g) == "triton":
+        w = triton_module("ghost_norm").sq_norms(a, g, False).to(dt)
+    else:
+        w = _torch_sq_norms(a, g, False)
+    if not bias:
+        return w, None
+    gs = g.sum(1, dtype=dt)
+    return w, torch.linalg.vector_norm(gs, dim=1).square_()
 
 
 def linear_sq_norms(

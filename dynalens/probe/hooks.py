@@ -57,17 +57,20 @@ class HookSet:
     def __init__(self) -> None:
         self._handles: list[RemovableHandle] = []
 
-    def on_forward(self, module: nn.Module, fn: ForwardFn) -> None:
+    def on_forward(self, module: nn.Module, fn: ForwardFn) -> RemovableHandle:
         """Call ``fn(module, args, output)`` after every forward of ``module``.
 
         ``fn`` must not return a value: a forward hook that returns replaces the output,
-        and dynalens never changes what a model computes.
+        and dynalens never changes what a model computes. Returns the handle, to remove
+        this hook alone before the set (removing twice is harmless).
         """
 
         def hook(mod: nn.Module, args: tuple[Any, ...], output: Any) -> None:
             fn(mod, args, output)
 
-        self._handles.append(module.register_forward_hook(hook))
+        handle = module.register_forward_hook(hook)
+        self._handles.append(handle)
+        return handle
 
     def on_output_grad(
         self,
@@ -96,6 +99,12 @@ class HookSet:
             out.register_hook(grad_hook)
 
         self._handles.append(module.register_forward_hook(hook))
+
+    def discard(self, handle: RemovableHandle) -> None:
+        """Remove one hook this set added (by the handle :meth:`on_forward` returned)."""
+        handle.remove()
+        if handle in self._handles:
+            self._handles.remove(handle)
 
     def remove(self) -> None:
         """Remove every hook this set added (safe to call twice)."""
