@@ -252,27 +252,37 @@ def joint_counts(a: Any, b: Any, na: int, nb: int, backend: Backend = "auto") ->
             f"a and b must be paired: same length and device; got {tuple(a.shape)} on "
             f"{a.device} and {tuple(b.shape)} on {b.device}."
         )
-    cpu = a.device.type == "cpu"
-    for name, s, k in (("a", a, na), ("b", b, nb)):
-        if not s.numel():
-            continue
-        if cpu:  # numpy: no thread-pool synchronisation for a single memory pass
-            arr = s.numpy()
-            lo, hi = int(arr.min()), int(arr.max())
-        else:
-            lo, hi = (int(v) for v in torch.aminmax(s))
-        if lo < 0 or hi >= k:
-            raise InvalidInputError(
-                f"{name} must hold symbols in 0..{k - 1}; got values in {lo}..{hi}. "
-                f"Pass n{name} = number of symbols (e.g. int(s.max()) + 1 or the K of "
-                "pattern_symbols)."
-            )
     which = choose_backend(backend, a, b)
+    if which == "torch" and a.device.type == "cpu":
+        return _joint_counts_numpy(a.numpy(), b.numpy(), na, nb)
+    for name, sym, k in (("a", a, na), ("b", b, nb)):
+        if sym.numel():
+            lo, hi = (int(v) for v in torch.aminmax(sym))
+            _check_symbol_range(name, lo, hi, k)
     if which == "reference":
         return joint_counts_reference(a, b, na, nb)
     if which == "triton":
         return triton_module("binning").joint_counts(a, b, na, nb)
-    if cpu:  # numpy's bincount: 1 pass, single-threaded (torch's is slower on CPU, measured)
-        flat = np.bincount(a.numpy() * nb + b.numpy(), minlength=na * nb)
-        return torch.from_numpy(flat.astype(np.int64, copy=False)).view(na, nb)
     return torch.bincount(a * nb + b, minlength=na * nb).view(na, nb)
+
+
+def _check_symbol_range(name: str, lo: int, hi: int, k: int) -> None:
+    if lo < 0 or hi >= k:
+        raise InvalidInputError(
+            f"{name} must hold symbols in 0..{k - 1}; got values in {lo}..{hi}. "
+            f"Pass n{name} = number of symbols (e.g. int(s.max()) + 1 or the K of "
+            "pattern_symbols)."
+        )
+
+
+def _joint_counts_numpy(a: np.ndarray, b: np.ndarray, na: int, nb: int) -> torch.Tensor:
+    """numpy's single-threaded bincount (no thread-pool synchronisation on a CPU) after
+    one-pass range checks: as uint64, negative symbols are huge, so ``max < k`` checks
+    both bounds (the error path finds the actual range)."""
+    for name, sym, k in (("a", a, na), ("b", b, nb)):
+        if sym.size and int(sym.view(np.uint64).max()) >= k:
+            _check_symbol_range(name, int(sym.min()), int(sym.max()), k)
+    key = a * nb
+    key += b
+    flat = np.bincount(key, minlength=na * nb)
+    return torch.from_numpy(flat.astype(np.int64, copy=False)).view(na, nb)

@@ -123,5 +123,18 @@ def test_joint_counts_errors():
         joint_counts(a, a, 2, 3)
     with pytest.raises(InvalidInputError, match="paired"):
         joint_counts(a, a[:2], 3, 3)
+
+
+@pytest.mark.parametrize("backend", ["torch", "reference"])
+@pytest.mark.parametrize("where", ["a", "b"])
+@pytest.mark.parametrize("value", [-1, 3, -(2**62), 2**62])
+def test_joint_counts_refuses_every_out_of_range_symbol(backend: str, where: str, value: int):
+    """Negative, just past the end, and values whose key a * nb + b would overflow int64."""
+    good = torch.tensor([0, 1, 2, 1])
+    bad = good.clone()
+    bad[2] = value
+    a, b = (bad, good) if where == "a" else (good, bad)
+    with pytest.raises(InvalidInputError, match=rf"{where} must hold symbols in 0\.\.2"):
+        joint_counts(a, b, 3, 3, backend=backend)
     with pytest.raises(InvalidInputError, match="integer"):
         joint_counts(a.float(), a, 3, 3)
