@@ -98,10 +98,14 @@ def _drop_self(dist: np.ndarray, idx: np.ndarray) -> tuple[torch.Tensor, torch.T
     """From a (n, k+1) query of the points themselves, drop the column holding i (or, when
     i is not among them because of > k exact duplicates, the last column)."""
     n = idx.shape[0]
+    k = idx.shape[1] - 1
+    if (idx[:, 0] == np.arange(n)).all():  # the usual case: each point first in its list
+        d0 = np.ascontiguousarray(dist[:, 1:])
+        i0 = np.ascontiguousarray(idx[:, 1:]).astype(np.int64, copy=False)
+        return torch.from_numpy(d0), torch.from_numpy(i0)
     self_mask = idx == np.arange(n)[:, None]
     self_mask[~self_mask.any(1), -1] = True
     keep = ~self_mask
-    k = idx.shape[1] - 1
     d = np.ascontiguousarray(dist[keep].reshape(n, k))
     i = np.ascontiguousarray(idx[keep].reshape(n, k)).astype(np.int64, copy=False)
     return torch.from_numpy(d), torch.from_numpy(i)
