@@ -28,7 +28,8 @@ non-batch, non-feature positions):
   Linear rule on the unfolded input with T = number of output positions.
 * Fallback: ``torch.func.vmap(grad)`` of ``⟨module(x_b), g_b⟩`` w.r.t. the module's own
   parameters; any module whose examples are independent along dim 0, replayed with the
-  positional arguments of the call (keyword arguments are not seen by forward hooks).
+  arguments of the call (keyword arguments included; tensors whose first axis is the
+  batch are split per example, anything else is passed whole).
 
 Units: squared gradient of whatever loss was backpropagated; the engine rescales to
 ``‖∇l_i‖²``. All rules are exact up to rounding.
@@ -230,8 +231,19 @@ class FuncRule(Rule):
     def __init__(self, recurse: bool = False) -> None:
         self.recurse = recurse
 
+    def sq_norms_kw(
+        self, module: Any, inputs: tuple[Any, ...], g: torch.Tensor, kwargs: dict[str, Any]
+    ) -> SqNorms:
+        """:meth:`sq_norms` of a call made with keyword arguments."""
+        grads = self.per_example(module, inputs, g, kwargs)
+        return {k: v.flatten(1).pow(2).sum(1) for k, v in grads.items()}
+
     def per_example(
-        self, module: Any, inputs: tuple[Any, ...], g: torch.Tensor
+        self,
+        module: Any,
+        inputs: tuple[Any, ...],
+        g: torch.Tensor,
+        kwargs: dict[str, Any] | None = None,
     ) -> dict[str, torch.Tensor]:
         from torch.func import functional_call, grad, vmap
 
@@ -241,13 +253,18 @@ class FuncRule(Rule):
             if p.requires_grad
         }
         B = g.shape[0]
-        batched = [isinstance(x, torch.Tensor) and x.ndim > 0 and x.shape[0] == B for x in inputs]
+        names = list(kwargs or {})
+        values = [kwargs[n] for n in names] if kwargs else []
+        n_pos = len(inputs)
+        allargs = (*inputs, *values)  # keywords ride along as extra positional args
+        batched = [isinstance(x, torch.Tensor) and x.ndim > 0 and x.shape[0] == B for x in allargs]
         in_dims = tuple(0 if b else None for b in batched)
-        args = tuple(x.detach() if isinstance(x, torch.Tensor) else x for x in inputs)
+        args = tuple(x.detach() if isinstance(x, torch.Tensor) else x for x in allargs)
 
         def inner(p: dict[str, torch.Tensor], g_b: torch.Tensor, *xs: Any) -> torch.Tensor:
             xs1 = tuple(x.unsqueeze(0) if b else x for x, b in zip(xs, batched))
-            out = first_tensor(functional_call(module, p, xs1))
+            kw = dict(zip(names, xs1[n_pos:]))
+            out = first_tensor(functional_call(module, p, xs1[:n_pos], kw))
             assert out is not None  # the hook only fires for tensor outputs
             return (out * g_b.unsqueeze(0)).sum()
 

@@ -62,21 +62,39 @@ OPAQUE: tuple[type[nn.Module], ...] = (nn.MultiheadAttention,)
 class _Call:
     """One forward call of a module, completed by the gradient at its output."""
 
-    __slots__ = ("_per_example", "_sq", "g", "inputs", "module", "rule")
+    __slots__ = ("_per_example", "_sq", "g", "inputs", "kwargs", "module", "rule")
 
-    def __init__(self, rule: Rule, module: nn.Module, inputs: tuple[Any, ...], g: torch.Tensor):
+    def __init__(
+        self,
+        rule: Rule,
+        module: nn.Module,
+        inputs: tuple[Any, ...],
+        g: torch.Tensor,
+        kwargs: dict[str, Any] | None = None,
+    ):
         self.rule, self.module, self.inputs, self.g = rule, module, inputs, g
+        self.kwargs = kwargs
         self._sq: dict[str, torch.Tensor] | None = None
         self._per_example: dict[str, torch.Tensor] | None = None
 
     def sq(self, local: str) -> torch.Tensor:
         if self._sq is None:
-            self._sq = self.rule.sq_norms(self.module, self.inputs, self.g)
+            if self.kwargs:  # only the torch.func rule replays a call with keywords
+                assert isinstance(self.rule, FuncRule)
+                self._sq = self.rule.sq_norms_kw(self.module, self.inputs, self.g, self.kwargs)
+            else:
+                self._sq = self.rule.sq_norms(self.module, self.inputs, self.g)
         return self._sq[local]
 
     def per_example(self, local: str) -> torch.Tensor:
         if self._per_example is None:
-            self._per_example = self.rule.per_example(self.module, self.inputs, self.g)
+            if self.kwargs:
+                assert isinstance(self.rule, FuncRule)
+                self._per_example = self.rule.per_example(
+                    self.module, self.inputs, self.g, self.kwargs
+                )
+            else:
+                self._per_example = self.rule.per_example(self.module, self.inputs, self.g)
         return self._per_example[local]
 
 
@@ -256,7 +274,9 @@ class PerExampleGradNorms:
         assert hooks is not None
         modules, params = self._hook_plan
         for m, rule, entries in modules:
-            self._fwd_handles.append(hooks.on_forward(m, self._forward_hook(rule, entries)))
+            replay = isinstance(rule, FuncRule)  # replays the call: needs its keywords
+            fn = self._forward_hook(rule, entries)
+            self._fwd_handles.append(hooks.on_forward(m, fn, with_kwargs=replay))
         for p, name in params:
             self._handles.append(p.register_hook(self._param_hook(p, name)))
 
@@ -295,7 +315,9 @@ class PerExampleGradNorms:
 
     # ------------------------------------------------------------------- hooks
     def _forward_hook(self, rule: Rule, entries: list[tuple[str, int]]) -> Callable[..., None]:
-        def fwd(mod: nn.Module, args: tuple[Any, ...], out: Any) -> None:
+        def fwd(
+            mod: nn.Module, args: tuple[Any, ...], out: Any, kwargs: dict[str, Any] | None = None
+        ) -> None:
             if not self.active or self._busy:  # _busy: a fallback rule replays a forward
                 return
             t = first_tensor(out)
@@ -303,7 +325,7 @@ class PerExampleGradNorms:
                 return
 
             def on_grad(grad: torch.Tensor) -> None:
-                call = _Call(rule, mod, args, grad)
+                call = _Call(rule, mod, args, grad, kwargs)
                 for local, pid in entries:
                     self._pending[pid].append((call, local))
 

@@ -57,13 +57,26 @@ class HookSet:
     def __init__(self) -> None:
         self._handles: list[RemovableHandle] = []
 
-    def on_forward(self, module: nn.Module, fn: ForwardFn) -> RemovableHandle:
-        """Call ``fn(module, args, output)`` after every forward of ``module``.
+    def on_forward(
+        self, module: nn.Module, fn: ForwardFn, *, with_kwargs: bool = False
+    ) -> RemovableHandle:
+        """Call ``fn(module, args, output)`` after every forward of ``module``
+        (``fn(module, args, output, kwargs)`` with ``with_kwargs=True``).
 
         ``fn`` must not return a value: a forward hook that returns replaces the output,
         and dynalens never changes what a model computes. Returns the handle, to remove
         this hook alone before the set (removing twice is harmless).
         """
+        if with_kwargs:
+
+            def hook_kw(
+                mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any
+            ) -> None:
+                fn(mod, args, output, kwargs)  # type: ignore[call-arg]
+
+            handle = module.register_forward_hook(hook_kw, with_kwargs=True)
+            self._handles.append(handle)
+            return handle
 
         def hook(mod: nn.Module, args: tuple[Any, ...], output: Any) -> None:
             fn(mod, args, output)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from _dyn_models import (
@@ -97,6 +99,33 @@ def test_multihead_attention_as_unit() -> None:
         PerExampleGradNorms(model).attach()
     got = per_example_sq_norms(model, mse, x, y, policy="fallback")
     assert "mha.out_proj.weight" in got
+    _compare(got, per_example_reference(model, mse, x, y))
+
+
+def test_fallback_replays_keyword_arguments() -> None:
+    """A causal mask and a key-padding mask passed as keywords: the torch.func replay must
+    see them (without, the norms of the attention weights are silently wrong)."""
+    torch.manual_seed(0)
+
+    class MaskedAttn(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.mha = nn.MultiheadAttention(6, 2, batch_first=True)
+            self.fc = nn.Linear(6, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            T = x.shape[1]
+            causal = torch.triu(torch.ones(T, T, dtype=torch.bool), 1)  # shared: not split
+            pad = x[..., 0] > 1.0  # per example: split along the batch
+            out = self.mha(x, x, x, attn_mask=causal, key_padding_mask=pad, need_weights=False)
+            return self.fc(out[0])
+
+    model = MaskedAttn().double()
+    x, y = torch.randn(3, 4, 6, dtype=torch.float64), torch.randn(3, 4, 2, dtype=torch.float64)
+    assert (x[..., 0] > 1.0).any() and not (x[..., 0] > 1.0).all()
+    with warnings.catch_warnings():  # torch's performance note on attention under vmap
+        warnings.simplefilter("ignore", UserWarning)
+        got = per_example_sq_norms(model, mse, x, y, policy="fallback")
     _compare(got, per_example_reference(model, mse, x, y))
 
 
