@@ -46,7 +46,7 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from dynalens._validation import check_float, check_option
-from dynalens.dynamics._rules import FuncRule, Rule, rule_for
+from dynalens.dynamics._plan import Call, FuncRule, Rule, plan_modules
 from dynalens.dynamics.grad_capture import CaptureMeans, GradCapture, to_floats
 from dynalens.errors import HookNotFiredError, InvalidInputError, InvalidParameterError, listing
 from dynalens.probe.hooks import HookSet, first_tensor
@@ -54,48 +54,6 @@ from dynalens.probe.hooks import HookSet, first_tensor
 Policy = Literal["raise", "warn", "fallback"]
 POLICIES = ("raise", "warn", "fallback")
 REDUCTIONS = ("mean", "sum")
-
-#: Modules whose forward uses child parameters without calling the children.
-OPAQUE: tuple[type[nn.Module], ...] = (nn.MultiheadAttention,)
-
-
-class _Call:
-    """One forward call of a module, completed by the gradient at its output."""
-
-    __slots__ = ("_per_example", "_sq", "g", "inputs", "kwargs", "module", "rule")
-
-    def __init__(
-        self,
-        rule: Rule,
-        module: nn.Module,
-        inputs: tuple[Any, ...],
-        g: torch.Tensor,
-        kwargs: dict[str, Any] | None = None,
-    ):
-        self.rule, self.module, self.inputs, self.g = rule, module, inputs, g
-        self.kwargs = kwargs
-        self._sq: dict[str, torch.Tensor] | None = None
-        self._per_example: dict[str, torch.Tensor] | None = None
-
-    def sq(self, local: str) -> torch.Tensor:
-        if self._sq is None:
-            if self.kwargs:  # only the torch.func rule replays a call with keywords
-                assert isinstance(self.rule, FuncRule)
-                self._sq = self.rule.sq_norms_kw(self.module, self.inputs, self.g, self.kwargs)
-            else:
-                self._sq = self.rule.sq_norms(self.module, self.inputs, self.g)
-        return self._sq[local]
-
-    def per_example(self, local: str) -> torch.Tensor:
-        if self._per_example is None:
-            if self.kwargs:
-                assert isinstance(self.rule, FuncRule)
-                self._per_example = self.rule.per_example(
-                    self.module, self.inputs, self.g, self.kwargs
-                )
-            else:
-                self._per_example = self.rule.per_example(self.module, self.inputs, self.g)
-        return self._per_example[local]
 
 
 class PerExampleGradNorms:
@@ -181,60 +139,6 @@ class PerExampleGradNorms:
                     f"Modules: {listing(n for n in names if n)}"
                 )
 
-    def _plan(self) -> list[tuple[str, nn.Module, Rule, list[tuple[str, nn.Parameter]]]]:
-        units = set(self.units)
-        plan, unsupported, batchnorm = [], [], []
-        covered: set[str] = set()
-        for mname, m in self.model.named_modules():
-            if any(mname.startswith(c + ".") for c in covered):
-                continue
-            opaque = isinstance(m, OPAQUE) or mname in units
-            own = [(n, p) for n, p in m.named_parameters(recurse=opaque) if p.requires_grad]
-            if opaque:
-                covered.add(mname)
-            if not own:
-                continue
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                batchnorm.append(mname)
-                continue
-            if isinstance(m, nn.MultiheadAttention) and not m.batch_first:
-                raise InvalidParameterError(
-                    f"module {mname!r} is nn.MultiheadAttention with batch_first=False; "
-                    "per-example gradients need the batch on dim 0. Build it with "
-                    "batch_first=True."
-                )
-            rule = None if opaque else rule_for(m)
-            if rule is None:
-                if mname in units or self.policy == "fallback":
-                    rule = FuncRule(recurse=opaque)
-                else:
-                    unsupported.append(f"{mname} ({type(m).__name__})")
-                    continue
-            plan.append((mname, m, rule, own))
-        skipped = list(batchnorm) + unsupported
-        if batchnorm and self.policy != "warn":
-            raise InvalidParameterError(
-                f"per-example gradients are undefined for batch-normalised modules "
-                f"({listing(batchnorm)}): batch statistics couple the examples. Use "
-                "GroupNorm/LayerNorm, or policy='warn' to skip them (their parameters are "
-                "then left out of every statistic)."
-            )
-        if unsupported and self.policy == "raise":
-            raise InvalidParameterError(
-                f"no per-example gradient rule for {listing(unsupported)}; rules exist for "
-                "Linear, Embedding, LayerNorm, RMSNorm, GroupNorm and Conv2d (groups=1). "
-                "Pass policy='fallback' to use torch.func.vmap(grad) for these modules, or "
-                "policy='warn' to leave their parameters out."
-            )
-        if skipped and self.policy == "warn":
-            warnings.warn(
-                f"per-example gradient norms leave out the parameters of {listing(skipped)}"
-                " (no rule; policy='warn'). Statistics cover the other parameters only.",
-                stacklevel=3,
-            )
-        self._skipped_modules = skipped
-        return plan
-
     def attach(self) -> PerExampleGradNorms:
         """Validate, choose a rule per module and register the hooks; returns self."""
         self._validate()
@@ -243,7 +147,7 @@ class PerExampleGradNorms:
                 "this engine is already attached; call detach() before attaching again."
             )
         if self.capture_examples:
-            plan = self._plan()
+            plan = plan_modules(self.model, self.units, self.policy)
         else:
             plan = [("", self.model, Rule(), [(n, p) for n, p in self.model.named_parameters()
                                                if p.requires_grad])]  # fmt: skip
@@ -325,7 +229,7 @@ class PerExampleGradNorms:
                 return
 
             def on_grad(grad: torch.Tensor) -> None:
-                call = _Call(rule, mod, args, grad, kwargs)
+                call = Call(rule, mod, args, grad, kwargs)
                 for local, pid in entries:
                     self._pending[pid].append((call, local))
 
@@ -392,7 +296,7 @@ class PerExampleGradNorms:
     # ------------------------------------------------------------------ results
     def reset(self) -> None:
         """Forget what was captured since the last :meth:`collect`."""
-        self._pending: dict[int, list[tuple[_Call, str]]] = defaultdict(list)
+        self._pending: dict[int, list[tuple[Call, str]]] = defaultdict(list)
         self._per_example: dict[str, list[tuple[torch.Tensor, float]]] = defaultdict(list)
         self._passes: dict[str, list[tuple[int, float]]] = defaultdict(list)
         self._dots: dict[str, list[tuple[int, int]]] = defaultdict(list)
