@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from dynalens.dynamics._rules import FuncRule, Rule, rule_for
+from dynalens.dynamics._rules import FuncRule, Rule, rule_for, squared_norms
 from dynalens.errors import InvalidParameterError, listing
 
 __all__ = ["OPAQUE", "Call", "FuncRule", "PlanEntry", "Rule", "plan_modules"]
@@ -48,23 +48,25 @@ class Call:
 
     def sq(self, local: str) -> torch.Tensor:
         if self._sq is None:
-            if self.kwargs:  # only the torch.func rule replays a call with keywords
-                assert isinstance(self.rule, FuncRule)
-                self._sq = self.rule.sq_norms_kw(self.module, self.inputs, self.g, self.kwargs)
+            if self.kwargs:  # a replayed call with keywords: from its per-example gradients
+                self._sq = squared_norms(self._grads())
             else:
                 self._sq = self.rule.sq_norms(self.module, self.inputs, self.g)
         return self._sq[local]
 
     def per_example(self, local: str) -> torch.Tensor:
+        return self._grads()[local]
+
+    def _grads(self) -> dict[str, torch.Tensor]:
         if self._per_example is None:
-            if self.kwargs:
+            if self.kwargs:  # only the torch.func rule replays a call, and sees keywords
                 assert isinstance(self.rule, FuncRule)
                 self._per_example = self.rule.per_example(
                     self.module, self.inputs, self.g, self.kwargs
                 )
             else:
                 self._per_example = self.rule.per_example(self.module, self.inputs, self.g)
-        return self._per_example[local]
+        return self._per_example
 
 
 def plan_modules(model: nn.Module, units: Iterable[str], policy: str) -> list[PlanEntry]:

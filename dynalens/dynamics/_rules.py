@@ -57,14 +57,18 @@ class Rule:
 
     def sq_norms(self, module: Any, inputs: tuple[Any, ...], g: torch.Tensor) -> SqNorms:
         """``{local_param_name: [B]}`` squared norms (default: from :meth:`per_example`)."""
-        grads = self.per_example(module, inputs, g)
-        return {k: v.flatten(1).pow(2).sum(1) for k, v in grads.items()}
+        return squared_norms(self.per_example(module, inputs, g))
 
     def per_example(
         self, module: Any, inputs: tuple[Any, ...], g: torch.Tensor
     ) -> dict[str, torch.Tensor]:
         """``{local_param_name: [B, *shape]}`` per-example gradients."""
         raise NotImplementedError
+
+
+def squared_norms(grads: dict[str, torch.Tensor]) -> SqNorms:
+    """``{name: [B]}`` squared Frobenius norms of ``{name: [B, *shape]}`` gradients."""
+    return {k: v.flatten(1).pow(2).sum(1) for k, v in grads.items()}
 
 
 def _as_btd(x: torch.Tensor) -> torch.Tensor:
@@ -230,13 +234,6 @@ class FuncRule(Rule):
 
     def __init__(self, recurse: bool = False) -> None:
         self.recurse = recurse
-
-    def sq_norms_kw(
-        self, module: Any, inputs: tuple[Any, ...], g: torch.Tensor, kwargs: dict[str, Any]
-    ) -> SqNorms:
-        """:meth:`sq_norms` of a call made with keyword arguments."""
-        grads = self.per_example(module, inputs, g, kwargs)
-        return {k: v.flatten(1).pow(2).sum(1) for k, v in grads.items()}
 
     def per_example(
         self,
