@@ -352,7 +352,7 @@ class PerExampleGradNorms:
             (i, j), c = self._dots[n][0], passes[n][0][1]
             d = rows[k][1]  # n_i = sq_i / d² with d = c/B (see _record_pass)
             mean_sq[k] = vals[k] / (B * d * d)
-            big[k] = vals[P + i] + (2.0 * vals[P + j] if j >= 0 else 0.0)
+            big[k] = _pass_contribution(vals, P + i, P + j if j >= 0 else -1)
             inv_c2[k] = 1.0 / (c * c)
         return CaptureMeans(
             per_example_mean=mean_sq,
@@ -414,12 +414,18 @@ class PerExampleGradNorms:
             cap.batch_size[name] = sc * sc / sum(c * c / b for b, c in passes)
             if self.track_batch_grad:
                 dots = self._dots[name]
-                big = sum(vals[i] + (2.0 * vals[j] if j >= 0 else 0.0) for i, j in dots)
+                big = sum(_pass_contribution(vals, i, j) for i, j in dots)
                 cap.batch_grad_sq[name] = big / (sc * sc)
                 cap.pass_grad_sq[name] = [vals[i] / (c * c) for (i, _), (_, c) in zip(dots, passes)]
         if reset:
             self.reset()
         return cap
+
+
+def _pass_contribution(vals: list[float], i: int, j: int) -> float:
+    """What one pass adds to ``|Σ_k g_k|²``: ``|g_k|² + 2 g_k·(earlier passes)``, from the
+    parameter hook's scalars (``j = -1``: no earlier gradient)."""
+    return vals[i] + (2.0 * vals[j] if j >= 0 else 0.0)
 
 
 def per_example_sq_norms(
