@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dynalens.kernels import _knn_cpu, binning, gauss_lse, ghost_norm, knn, ksg_counts
+from dynalens.kernels import binning, gauss_lse, ghost_norm, knn, ksg_counts
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -183,19 +183,11 @@ def cpu_cases(n: int, quick: bool) -> list[dict[str, Any]]:
         )
     )  # fmt: skip
 
-    def torch_brute_max() -> torch.Tensor:
-        old, _knn_cpu.BRUTE_ENGINE = _knn_cpu.BRUTE_ENGINE, "torch"
-        try:
-            return knn.knn_distances(x, k, metric="max", backend="torch")
-        finally:
-            _knn_cpu.BRUTE_ENGINE = old
-
     res.append(
         run_case(
             "knn", f"max n={n} d={d} k={k}",
             {
                 "dynalens": lambda: knn.knn_distances(x, k, metric="max", backend="torch"),
-                "dynalens-torch-engine": torch_brute_max,
                 "sklearn-brute": lambda: skl_knn(xn, "chebyshev", "brute"),
                 "torch-cdist+topk": lambda: cdist_topk(x, k, math.inf),
             },

@@ -30,12 +30,13 @@ counts; float64 for float64 inputs).
 Backends. ``"torch"`` (CPU fallback), cost rule: when ``d_x + d_y <= JOINT_TREE_MAX_DIM``
 (16) the joint kNN runs on scipy's KD-tree and the marginal counts on scikit-learn's
 (:mod:`dynalens.kernels._knn_cpu`; at n = 10k, 5 + 5 dims: ~0.25 s + 2 × ~0.25 s);
-above it a *fused* brute force: each block of rows gets its marginal L∞ tiles
-``D_x = cdist_∞(x_rows, x)`` and ``D_y``; the joint tile is ``max(D_x, D_y)`` (equal bit for
-bit to the joint distance), its k smallest give ε for those rows, and the counts are read off
-the same ``D_x``, ``D_y`` before they are dropped — two marginal distance passes instead of
-the four (joint kNN + two marginal count passes) of kNN-then-count, so O(n² (d_x + d_y))
-work and O(block · n) memory (``FUSED_TILE_ELEMS``). ``"triton"`` composes the kNN kernel
+above it a *fused* brute force: each block of rows gets its marginal L∞ tiles ``D_x``
+(x_rows to x, :func:`~dynalens.kernels._knn_cpu.max_tiles`) and ``D_y``; the joint tile is
+``max(D_x, D_y)`` (equal bit for bit to the joint distance), its k smallest give ε for those
+rows, and the counts are read off the same ``D_x``, ``D_y`` before they are dropped — two
+marginal distance passes instead of the four (joint kNN + two marginal count passes) of
+kNN-then-count, so O(n² (d_x + d_y)) work and O(block · n) memory (cache-sized blocks on
+CPU). ``"triton"`` composes the kNN kernel
 (with indices) and the count kernel; ``"reference"`` builds the float64 distance matrices.
 
 Example:
@@ -70,11 +71,6 @@ __all__ = ["JOINT_TREE_MAX_DIM", "KSGCounts", "ksg_counts", "ksg_counts_referenc
 
 #: Largest joint dimension for which the CPU fallback uses KD-trees (cost rule above).
 JOINT_TREE_MAX_DIM = 16
-#: Elements of one (rows × n) tile of the fused brute force; three float32 tiles and a
-#: bool one live at once (~110 MB). Larger tiles measured faster up to ~2^24 (fewer,
-#: longer ``cdist`` calls): 9.6 / 6.7 / 6.2 / 5.0 s at 2^21 / 2^22 / 2^23 / 2^24, 25 + 25
-#: dims, n = 10k, busy machine.
-FUSED_TILE_ELEMS = 1 << 23
 VARIANTS = (1, 2)
 
 
@@ -153,17 +149,14 @@ def _fused_brute(x: torch.Tensor, y: torch.Tensor, k: int, variant: int) -> KSGC
     eps = torch.empty(n, dtype=x.dtype, device=x.device)
     nx = torch.empty(n, dtype=torch.long, device=x.device)
     ny = torch.empty(n, dtype=torch.long, device=x.device)
-    R = max(8, min(n, FUSED_TILE_ELEMS // n))
+    R = _knn_cpu.linf_block(x)  # the same blocks for x and y (same n, same device)
     buf = torch.empty(R, n, dtype=torch.bool, device=x.device)
-    for s in range(0, n, R):
-        e = min(n, s + R)
-        dx = _knn_cpu.max_tile(x[s:e], x)
-        dy = _knn_cpu.max_tile(y[s:e], y)
-        dz = torch.maximum(dx, dy)
+    dz_buf = torch.empty(R, n, dtype=x.dtype, device=x.device)
+    for (s, e, dx), (_, _, dy) in zip(_knn_cpu.max_tiles(x), _knn_cpu.max_tiles(y)):
+        dz = torch.maximum(dx, dy, out=dz_buf[: e - s])
         ar = torch.arange(e - s, device=x.device)
         dz[ar, ar + s] = math.inf
         top = dz.topk(k, dim=1, largest=False, sorted=True)
-        del dz
         eps[s:e] = top.values[:, -1]
         nx[s:e] = _marginal_counts(dx, top.indices, eps[s:e], variant, buf[: e - s])
         ny[s:e] = _marginal_counts(dy, top.indices, eps[s:e], variant, buf[: e - s])

@@ -15,9 +15,9 @@ from dynalens.kernels.knn import knn, knn_distances, radius_counts
 from tests.kernels.conftest import BACKENDS, assert_close_to_reference
 
 # "torch" follows the cost rule (KD-trees in low d, brute force above; scikit-learn for the
-# L∞ kNN and counts); "torch-brute" forces the chunked-torch brute force at every d;
+# L∞ counts); "torch-brute" forces the chunked-torch brute force at every d;
 # "torch-tree" forces the KD-trees at every d; "torch-scipy" hides scikit-learn (cKDTree
-# counts, torch brute-force kNN)
+# counts)
 PATHS = [*BACKENDS, "torch-brute", "torch-tree", "torch-scipy"]
 
 
@@ -29,7 +29,7 @@ def run(monkeypatch):
                 m.setattr(_knn_cpu, "KNN_TREE_MAX_DIM", 0)
                 m.setattr(_knn_cpu, "L2_TREE_MAX_DIM", 0)
                 m.setattr(_knn_cpu, "COUNT_TREE_MAX_DIM", 0)
-                m.setattr(_knn_cpu, "BRUTE_ENGINE", "torch")
+                m.setattr(_knn_cpu, "LINF_TILE_ELEMS", 700)  # ~8-row blocks, a ragged last one
             elif backend == "torch-tree":
                 m.setattr(_knn_cpu, "KNN_TREE_MAX_DIM", 64)
                 m.setattr(_knn_cpu, "L2_TREE_MAX_DIM", 64)

@@ -24,7 +24,7 @@ def run(monkeypatch):
         with monkeypatch.context() as m:
             if backend == "torch-fused":
                 m.setattr(kc, "JOINT_TREE_MAX_DIM", 0)
-                m.setattr(kc, "FUSED_TILE_ELEMS", 1500)  # ~15-row blocks, a ragged last one
+                m.setattr(_knn_cpu, "LINF_TILE_ELEMS", 1500)  # ~15-row blocks, a ragged last one
             elif backend == "torch-scipy":
                 m.setattr(_knn_cpu, "has", lambda module: module != "sklearn")
             backend = "torch" if backend.startswith("torch") else backend
