@@ -44,16 +44,21 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from dynalens.kernels.ghost_norm import layer_sq_norms
+from dynalens.kernels.ghost_norm import Workspace, layer_sq_norms
 from dynalens.probe.hooks import first_tensor
 
 SqNorms = dict[str, torch.Tensor]
 
 
 class Rule:
-    """Base class: per-example squared norms and gradients of a module's own parameters."""
+    """Base class: per-example squared norms and gradients of a module's own parameters.
+
+    ``workspace``: scratch tensors shared by the rules of one engine (set by the engine;
+    the Linear and Conv2d rules put their materialised gradients or Gram matrices there).
+    """
 
     name = "rule"
+    workspace: Workspace | None = None
 
     def sq_norms(self, module: Any, inputs: tuple[Any, ...], g: torch.Tensor) -> SqNorms:
         """``{local_param_name: [B]}`` squared norms (default: from :meth:`per_example`)."""
@@ -85,11 +90,11 @@ class LinearRule(Rule):
         a, gg = inputs[0], g
         if torch.is_grad_enabled():  # inside backward only with create_graph=True
             a, gg = a.detach(), gg.detach()
-        if a.ndim != 2:
+        if a.ndim != 2 and a.ndim != 3:
             a, gg = _as_btd(a), _as_btd(gg)
-            if a.shape[1] == 1:
-                a, gg = a[:, 0], gg[:, 0]
-        w, b = layer_sq_norms(a, gg, module.bias is not None)
+        if a.ndim == 3 and a.shape[1] == 1:
+            a, gg = a[:, 0], gg[:, 0]
+        w, b = layer_sq_norms(a, gg, module.bias is not None, self.workspace)
         return {"weight": w} if b is None else {"weight": w, "bias": b}
 
     def per_example(
@@ -213,7 +218,7 @@ class Conv2dRule(Rule):
 
     def sq_norms(self, module: Any, inputs: tuple[Any, ...], g: torch.Tensor) -> SqNorms:
         a, gg = self._unfold(module, inputs, g)
-        w, b = layer_sq_norms(a, gg, module.bias is not None)
+        w, b = layer_sq_norms(a, gg, module.bias is not None, self.workspace)
         return {"weight": w} if b is None else {"weight": w, "bias": b}
 
     def per_example(

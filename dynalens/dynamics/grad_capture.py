@@ -80,6 +80,96 @@ class CaptureMeans:
         )
 
 
+@dataclass(frozen=True)
+class MeansLayout:
+    """Index arrays turning a one-pass step's records into means (engine order, P params).
+
+    Attributes:
+        order: ``[P]`` position in the records of engine parameter k.
+        mean_scale: ``[P]`` factors turning a row's sum into its mean norm, ``1/(B d²)``.
+        first, cross: ``[P]`` indices into the step's scalars of ``|g|²`` and of
+            ``g·(earlier gradient)`` (-1: none); ``|G_B|²`` is ``(first + 2 cross) / c²``.
+        inv_c2: ``[P]``, ``1/c²``.
+    """
+
+    order: np.ndarray
+    mean_scale: np.ndarray
+    first: np.ndarray
+    cross: np.ndarray
+    inv_c2: np.ndarray
+
+
+@dataclass
+class LazyMeans:
+    """A one-pass step's :class:`CaptureMeans` before any torch work: the live instrument
+    queues these and converts many steps in one go (:func:`resolve_means`), because inside
+    a training step every torch call costs 10-20 µs on a CPU.
+
+    Attributes:
+        rows: P tensors ``[B]`` in record order, the per-example squared norms times ``d²``.
+        scalars: 0-d gradient dots of the parameter hooks (same dtype and device as rows).
+        layout: the step's :class:`MeansLayout`. n_examples: B.
+    """
+
+    rows: list[torch.Tensor]
+    scalars: list[torch.Tensor]
+    layout: MeansLayout
+    n_examples: int
+
+    @property
+    def pass_sizes(self) -> list[int]:
+        return [self.n_examples]
+
+
+@dataclass
+class MeansBlock:
+    """The means of K steps, ``[K, P]`` float64 arrays (rows in the order of the steps);
+    ``per_example_mean`` is None when a step has none (``source="microbatch"``)."""
+
+    per_example_mean: np.ndarray | None
+    batch_grad_sq: np.ndarray
+    pass_grad_sq_mean: np.ndarray
+
+
+def resolve_means(items: Sequence[CaptureMeans | LazyMeans]) -> MeansBlock:
+    """The means of each step; lazy steps with the same layout share one stack and one
+    conversion (a few torch calls per group of steps instead of four per step) and their
+    arithmetic is done on ``[K, P]`` arrays."""
+    lazy = [m for m in items if isinstance(m, LazyMeans)]
+    P = len(lazy[0].layout.order) if lazy else len(items[0].batch_grad_sq)  # type: ignore[union-attr]
+    K = len(items)
+    pe = np.zeros((K, P))
+    big = np.zeros((K, P))
+    passes = np.zeros((K, P))
+    has_pe = True
+    groups: dict[int, list[int]] = {}
+    for r, m in enumerate(items):
+        if isinstance(m, LazyMeans):  # same layout: same number and length of rows
+            groups.setdefault(id(m.layout), []).append(r)
+        else:
+            if m.per_example_mean is None:
+                has_pe = False
+            else:
+                pe[r] = m.per_example_mean
+            big[r], passes[r] = m.batch_grad_sq, m.pass_grad_sq_mean
+    for rs in groups.values():
+        steps: list[LazyMeans] = [items[r] for r in rs]  # type: ignore[misc]
+        lay, n, S = steps[0].layout, len(rs), len(steps[0].scalars)
+        rows = [t for m in steps for t in m.rows]
+        scalars = [t for m in steps for t in m.scalars]
+        try:  # one device: stack (promoting mixed float dtypes exactly) and convert once
+            sums = torch.stack(rows).sum(1, dtype=torch.float64)
+            vals = torch.cat((sums, torch.stack(scalars).double())).cpu().numpy()
+        except RuntimeError:  # tensors on several devices: one at a time
+            vals = np.array([float(t.double().sum()) for t in rows] + [float(t) for t in scalars])
+        sums_k = vals[: n * P].reshape(n, P)[:, lay.order]
+        scal_k = vals[n * P :].reshape(n, S)
+        cross = np.where(lay.cross >= 0, scal_k[:, lay.cross], 0.0)
+        g2 = (scal_k[:, lay.first] + 2.0 * cross) * lay.inv_c2
+        pe[rs], big[rs], passes[rs] = sums_k * lay.mean_scale, g2, g2
+    return MeansBlock(pe if has_pe else None, big, passes)
+
+
 def row_means(rows: Sequence[torch.Tensor]) -> np.ndarray:
     """Mean of each 1-D row as float64, one conversion when rows share dtype, device, length."""
     if len({(r.dtype, r.device, r.shape) for r in rows}) == 1:

@@ -36,7 +36,6 @@ Example:
 from __future__ import annotations
 
 import warnings
-from collections import defaultdict
 from collections.abc import Callable, Iterable
 from typing import Any, Literal
 
@@ -46,9 +45,17 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from dynalens._validation import check_float, check_option
+from dynalens.dynamics._pass_log import PassLog
 from dynalens.dynamics._plan import Call, FuncRule, Rule, plan_modules
-from dynalens.dynamics.grad_capture import CaptureMeans, GradCapture, to_floats
+from dynalens.dynamics.grad_capture import (
+    CaptureMeans,
+    GradCapture,
+    LazyMeans,
+    resolve_means,
+    to_floats,
+)
 from dynalens.errors import HookNotFiredError, InvalidInputError, InvalidParameterError, listing
+from dynalens.kernels.ghost_norm import Workspace
 from dynalens.probe.hooks import HookSet, first_tensor
 
 Policy = Literal["raise", "warn", "fallback"]
@@ -108,6 +115,9 @@ class PerExampleGradNorms:
         self._fwd_handles: list[RemovableHandle] = []
         self._own_hooks: HookSet | None = None
         self._hook_plan: tuple[list[Any], list[Any]] = ([], [])
+        self._layouts: dict[tuple, Any] = {}  # record signature -> MeansLayout (or None)
+        self._hook_fns: tuple[list[Any], list[Any]] | None = None
+        self._log = PassLog()
         self._attached = False
 
     # ------------------------------------------------------------------ attach
@@ -153,16 +163,29 @@ class PerExampleGradNorms:
                                                if p.requires_grad])]  # fmt: skip
         pname = {id(p): n for n, p in self.model.named_parameters()}
         self.plan_ = {mname: rule.name for mname, _, rule, _ in plan}
+        workspace = Workspace()  # scratch shared by the rules (they run one at a time)
+        for _, _, rule, _ in plan:
+            rule.workspace = workspace
         measured = {id(p) for *_, own in plan for _, p in own}
         self.skipped_ = sorted(n for i, n in pname.items() if i not in measured)
         self.param_names_ = [n for i, n in pname.items() if i in measured]
         params = {id(p): p for _, p in self.model.named_parameters()}
-        self._hook_plan = (
-            [(m, rule, [(local, id(p)) for local, p in own]) for _, m, rule, own in plan]
-            if self.capture_examples
-            else [],
-            [(params[i], pname[i]) for i in params if i in measured],
-        )
+        # A module's norms are computed as soon as its output gradient arrives when its rule
+        # has a closed form and its parameters are its own (not tied to another module's)
+        # and it ran once in the pass; otherwise when its parameters' gradients are
+        # complete (sums of per-example gradients over calls), the general path.
+        uses: dict[int, int] = {}
+        for *_, own in plan:
+            for _, p in own:
+                uses[id(p)] = uses.get(id(p), 0) + 1
+        self._calls = [0] * len(plan)  # forward calls per module in the current pass
+        modules = []
+        if self.capture_examples:
+            for slot, (_, m, rule, own) in enumerate(plan):
+                early = not isinstance(rule, FuncRule) and all(uses[id(p)] == 1 for _, p in own)
+                modules.append((m, rule, [(local, id(p)) for local, p in own], slot, early))
+        ids = [i for i in params if i in measured]
+        self._hook_plan = (modules, [(params[i], pname[i], k) for k, i in enumerate(ids)])
         if self.hooks is None:
             self._own_hooks = HookSet()
         self.reset()
@@ -177,12 +200,25 @@ class PerExampleGradNorms:
         hooks = self.hooks if self.hooks is not None else self._own_hooks
         assert hooks is not None
         modules, params = self._hook_plan
-        for m, rule, entries in modules:
-            replay = isinstance(rule, FuncRule)  # replays the call: needs its keywords
-            fn = self._forward_hook(rule, entries)
+        if self._hook_fns is None:  # made once, registered at every hooks_on
+            slot_of: dict[int, int] = {}
+            fwd = []
+            for m, rule, entries, slot, early in modules:
+                replay = isinstance(rule, FuncRule)  # replays the call: needs its keywords
+                fwd.append((m, self._forward_hook(rule, entries, slot, early), replay))
+                slot_of.update((pid, slot) for _, pid in entries)
+            grads = [(p, self._param_hook(p, name, k, slot_of.get(id(p), -1)))
+                     for p, name, k in params]  # fmt: skip
+            self._hook_fns = (fwd, grads)
+        for m, fn, replay in self._hook_fns[0]:
             self._fwd_handles.append(hooks.on_forward(m, fn, with_kwargs=replay))
-        for p, name in params:
-            self._handles.append(p.register_hook(self._param_hook(p, name)))
+        for p, hook in self._hook_fns[1]:
+            self._handles.append(p.register_hook(hook))
+
+    @property
+    def hooks_registered(self) -> bool:
+        """Whether the hooks are on (see :meth:`hooks_on`, :meth:`hooks_off`)."""
+        return bool(self._fwd_handles or self._handles)
 
     def hooks_off(self) -> None:
         """Remove the hooks but keep the plan; :meth:`hooks_on` restores them.
@@ -191,6 +227,8 @@ class PerExampleGradNorms:
         when the hook returns at once (~1-2 % of a small model's step on a CPU), so a
         live instrument turns its hooks off over runs of steps it does not measure.
         """
+        if not self.hooks_registered:
+            return
         hooks = self.hooks if self.hooks is not None else self._own_hooks
         while self._fwd_handles:
             handle = self._fwd_handles.pop()
@@ -200,6 +238,11 @@ class PerExampleGradNorms:
                 handle.remove()
         while self._handles:
             self._handles.pop().remove()
+        for p, *_ in self._hook_plan[1]:
+            if p._backward_hooks is not None and not p._backward_hooks:
+                # an empty hook dict still costs a Python call per backward (~1 µs per
+                # parameter); None removes torch's hook on the tensor altogether
+                p._backward_hooks = None
 
     def detach(self) -> None:
         """Remove every hook this engine added (its own HookSet, and parameter hooks)."""
@@ -208,6 +251,7 @@ class PerExampleGradNorms:
             self._own_hooks.remove()
             self._own_hooks = None
         self._hook_plan = ([], [])
+        self._hook_fns = None
         self._attached = False
         self.reset()
 
@@ -218,162 +262,133 @@ class PerExampleGradNorms:
         self.detach()
 
     # ------------------------------------------------------------------- hooks
-    def _forward_hook(self, rule: Rule, entries: list[tuple[str, int]]) -> Callable[..., None]:
+    def _forward_hook(
+        self, rule: Rule, entries: list[tuple[str, int]], slot: int, early: bool
+    ) -> Callable[..., None]:
+        calls = self._calls
+
         def fwd(
             mod: nn.Module, args: tuple[Any, ...], out: Any, kwargs: dict[str, Any] | None = None
         ) -> None:
             if not self.active or self._busy:  # _busy: a fallback rule replays a forward
                 return
-            t = first_tensor(out)
+            t = out if isinstance(out, torch.Tensor) else first_tensor(out)
             if t is None or not t.requires_grad:
                 return
+            calls[slot] += 1
 
             def on_grad(grad: torch.Tensor) -> None:
+                log = self._log
+                if early and calls[slot] == 1 and not torch.is_grad_enabled():
+                    sqs = rule.sq_norms(mod, args, grad)  # one call: its norms right away
+                    for local, pid in entries:
+                        log.ready[pid] = sqs[local]
+                    return
                 call = Call(rule, mod, args, grad, kwargs)
+                pending = log.pending
                 for local, pid in entries:
-                    self._pending[pid].append((call, local))
+                    pending[pid].append((call, local))
 
             t.register_hook(on_grad)
 
         return fwd
 
-    def _param_hook(self, p: nn.Parameter, name: str) -> Callable[[torch.Tensor], None]:
+    def _param_hook(
+        self, p: nn.Parameter, name: str, k: int, slot: int
+    ) -> Callable[[torch.Tensor], None]:
+        # Runs inside backward for every parameter, where each torch call costs ~10-20 us
+        # and each Python statement ~1 us on a CPU: the row computed by the output hook
+        # (or the norms of the pending calls), one dot (two when gradients accumulate) and
+        # one record; scaling and conversions happen per block of steps.
         pid = id(p)
+        calls = self._calls
 
         def hook(grad: torch.Tensor) -> None:
             if not self.active:
                 return
-            calls = self._pending.pop(pid, None)
-            if not self.capture_examples:
-                self._record_pass(name, p, grad, None, int(self.batch_size or 1))
-                return
-            if not calls:
-                self._missed.add(name)
-                return
-            self._busy = True
-            try:
-                if len(calls) == 1:
-                    call, local = calls[0]
-                    sq = call.sq(local)
-                else:
-                    total = calls[0][0].per_example(calls[0][1])
-                    for call, local in calls[1:]:
-                        total = total + call.per_example(local)
-                    sq = total.flatten(1).pow(2).sum(1)
-            finally:
-                self._busy = False
-            self._record_pass(name, p, grad, sq, sq.shape[0])
+            log = self._log
+            if slot >= 0:
+                calls[slot] = 0  # the module's calls of this pass are complete
+            sq = log.ready.pop(pid, None)
+            if sq is None:
+                if not self.capture_examples:
+                    B = int(self.batch_size or 1)
+                    log.record(k, grad, p.grad, None, B, self._coef(B), self.track_batch_grad)
+                    return
+                sq = self._pending_sq(log, pid, name)
+                if sq is None:
+                    return
+            B = sq.shape[0]
+            log.record(k, grad, p.grad, sq, B, self._coef(B), self.track_batch_grad)
 
         return hook
 
-    def _record_pass(
-        self, name: str, p: nn.Parameter, grad: torch.Tensor, sq: torch.Tensor | None, B: int
-    ) -> None:
-        # Runs inside backward for every parameter, where each torch call costs ~10-20 us
-        # on a CPU: one dot (two when gradients accumulate) and list appends; scaling
-        # and conversions happen once per step in collect().
+    def _pending_sq(self, log: PassLog, pid: int, name: str) -> torch.Tensor | None:
+        """Norms of a parameter from its pending calls (summing per-example gradients
+        over several calls); None (and noted) when no call was captured."""
+        calls = log.pending.pop(pid, None)
+        if not calls:
+            log.missed.add(name)
+            return None
+        self._busy = True
+        try:
+            if len(calls) == 1:
+                call, local = calls[0]
+                return call.sq(local)
+            total = calls[0][0].per_example(calls[0][1])
+            for call, local in calls[1:]:
+                total = total + call.per_example(local)
+            return total.flatten(1).pow(2).sum(1)
+        finally:
+            self._busy = False
+
+    def _coef(self, B: int) -> float:
+        """``c``: the pass's gradient is ``c · G_pass`` (G_pass: mean gradient of its B)."""
         s = float(self.loss_scale()) if callable(self.loss_scale) else self.loss_scale
-        c = s if self.reduction == "mean" else s * B  # coefficient of G_pass in grad
-        if sq is not None:
-            self._per_example[name].append((sq, c / B))
-        self._passes[name].append((B, c))
-        if self.track_batch_grad:
-            if grad.requires_grad:  # create_graph=True: keep the statistics out of it
-                grad = grad.detach()
-            scalars = self._scalars
-            flat = grad.reshape(-1)
-            if flat.dtype in (torch.float32, torch.float64):
-                scalars.append(flat.dot(flat))  # a dot reads memory once: ~2x vector_norm
-            else:  # half precision: accumulate in float32
-                flat = flat.float()
-                scalars.append(flat.dot(flat))
-            cross = -1
-            if p.grad is not None:
-                scalars.append(flat.dot(p.grad.detach().reshape(-1).to(flat.dtype)))
-                cross = len(scalars) - 1
-            self._dots[name].append((len(scalars) - 1 - (cross >= 0), cross))
+        return s if self.reduction == "mean" else s * B
 
     # ------------------------------------------------------------------ results
     def reset(self) -> None:
         """Forget what was captured since the last :meth:`collect`."""
-        self._pending: dict[int, list[tuple[Call, str]]] = defaultdict(list)
-        self._per_example: dict[str, list[tuple[torch.Tensor, float]]] = defaultdict(list)
-        self._passes: dict[str, list[tuple[int, float]]] = defaultdict(list)
-        self._dots: dict[str, list[tuple[int, int]]] = defaultdict(list)
-        self._scalars: list[torch.Tensor] = []
-        self._missed: set[str] = set()
+        self._log = PassLog()
 
-    def collect_means(self, *, reset: bool = True) -> CaptureMeans:
+    def collect_means(self, *, reset: bool = True, lazy: bool = False) -> CaptureMeans | LazyMeans:
         """The per-parameter means the noise-scale statistics need (see :class:`CaptureMeans`).
 
         Equal to ``CaptureMeans.from_capture(self.collect(), self.param_names_)``; a step
-        of one backward pass (the common case) takes a short path of a few array
-        operations for all parameters together.
+        of one backward pass (the common case) takes a short path: with ``lazy=True`` it
+        returns a :class:`LazyMeans` holding the step's tensors, no torch call made, for
+        :func:`~dynalens.dynamics.grad_capture.resolve_means` to convert with other steps.
         """
-        means = self._single_pass_means()
+        means: CaptureMeans | LazyMeans | None = None
+        if self.capture_examples and self.track_batch_grad and not self.excluded_:
+            means = self._log.lazy_means(len(self.param_names_), self._layouts)
         if means is None:
             means = CaptureMeans.from_capture(self.collect(reset=False), self.param_names_)
+        elif not lazy:
+            block = resolve_means([means])
+            assert block.per_example_mean is not None
+            P, B = len(self.param_names_), means.n_examples
+            means = CaptureMeans(
+                block.per_example_mean[0], block.batch_grad_sq[0], np.full(P, float(B)),
+                block.pass_grad_sq_mean[0], [B], B,
+            )  # fmt: skip
         if reset:
             self.reset()
         return means
 
-    def _single_pass_means(self) -> CaptureMeans | None:
-        """The means of a step with one pass of B examples for every parameter, else None."""
-        names = self.param_names_
-        passes, per_example = self._passes, self._per_example
-        if (
-            self._missed
-            or self.excluded_
-            or not self.track_batch_grad
-            or not self.capture_examples
-            or len(passes) != len(names)
-            or len(per_example) != len(names)
-            or any(len(v) != 1 for v in passes.values())
-        ):
-            return None
-        B = passes[names[0]][0][0]
-        if any(v[0][0] != B for v in passes.values()):
-            return None
-        rows = [per_example[n][0] for n in names]
-        kinds = {(sq.dtype, sq.device) for sq, _ in rows} | {
-            (t.dtype, t.device) for t in self._scalars
-        }
-        if len(kinds) != 1:
-            return None
-        # One conversion for everything: the row sums of the per-example norms, then the
-        # scalars of the parameter hooks (gradient norms, cross dots).
-        P = len(names)
-        sums = torch.stack([sq for sq, _ in rows]).sum(1)
-        vals = torch.cat((sums, torch.stack(self._scalars))).tolist()
-        mean_sq = np.empty(P)
-        big = np.empty(P)
-        inv_c2 = np.empty(P)
-        for k, n in enumerate(names):
-            (i, j), c = self._dots[n][0], passes[n][0][1]
-            d = rows[k][1]  # n_i = sq_i / d² with d = c/B (see _record_pass)
-            mean_sq[k] = vals[k] / (B * d * d)
-            big[k] = _pass_contribution(vals, P + i, P + j if j >= 0 else -1)
-            inv_c2[k] = 1.0 / (c * c)
-        return CaptureMeans(
-            per_example_mean=mean_sq,
-            batch_grad_sq=big * inv_c2,
-            batch_size=np.full(len(names), float(B)),
-            pass_grad_sq_mean=big * inv_c2,
-            pass_sizes=[B],
-            n_examples=B,
-        )
-
     def collect(self, *, reset: bool = True) -> GradCapture:
         """The per-example norms and ``|G_B|²`` of the passes since the last collect."""
-        if self._missed:
+        if self._log.missed:
             raise HookNotFiredError(
-                f"parameters {listing(self._missed)} received gradients, but no forward "
+                f"parameters {listing(self._log.missed)} received gradients, but no forward "
                 "call of the module that owns them was captured (a parent module used them "
                 "without calling the child, as nn.MultiheadAttention does with out_proj). "
                 "Name that parent in units=[...] so it is measured as one unit."
             )
         cap = GradCapture()
-        lengths = {n: sum(b for b, _ in v) for n, v in self._passes.items()}
+        by_name = self._log.by_name(self.param_names_)
+        lengths = {n: sum(rec.batch for _, rec in v) for n, v in by_name.items()}
         if lengths:
             N = max(lengths.values())
             bad = {n: k for n, k in lengths.items() if k != N}
@@ -396,27 +411,27 @@ class PerExampleGradNorms:
                 self._warned_bad = True
             self.excluded_ = sorted(set(self.excluded_) | set(bad))
             cap.n_examples = N
-        vals = to_floats(self._scalars)
+        vals = to_floats(self._log.scalars)
         for name in self.param_names_:
-            passes = self._passes.get(name)
+            passes = by_name.get(name)
             if not passes or name in self.excluded_:  # unused or left out: zero
                 cap.per_example[name] = torch.zeros(cap.n_examples, dtype=torch.float64)
                 cap.batch_size[name] = float(cap.n_examples)
                 cap.batch_grad_sq[name] = 0.0
                 continue
-            if name in self._per_example:
-                parts = [sq * (1.0 / (d * d)) for sq, d in self._per_example[name]]
+            recs = [rec for _, rec in passes]
+            if self.capture_examples:
+                parts = [sq * (1.0 / (rec.d * rec.d)) for sq, rec in passes if sq is not None]
                 cap.per_example[name] = parts[0] if len(parts) == 1 else torch.cat(parts)
-            sizes = [b for b, _ in passes]
+            sizes = [rec.batch for rec in recs]
             if len(sizes) > len(cap.pass_sizes):
                 cap.pass_sizes = sizes
-            sc = sum(c for _, c in passes)
-            cap.batch_size[name] = sc * sc / sum(c * c / b for b, c in passes)
+            sc = sum(rec.c for rec in recs)
+            cap.batch_size[name] = sc * sc / sum(rec.c * rec.c / rec.batch for rec in recs)
             if self.track_batch_grad:
-                dots = self._dots[name]
-                big = sum(_pass_contribution(vals, i, j) for i, j in dots)
+                big = sum(_pass_contribution(vals, rec.first, rec.cross) for rec in recs)
                 cap.batch_grad_sq[name] = big / (sc * sc)
-                cap.pass_grad_sq[name] = [vals[i] / (c * c) for (i, _), (_, c) in zip(dots, passes)]
+                cap.pass_grad_sq[name] = [vals[rec.first] / (rec.c * rec.c) for rec in recs]
         if reset:
             self.reset()
         return cap

@@ -26,6 +26,7 @@ update(a + b)``; with ``beta = 1`` it is commutative, e.g. across ranks with dis
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -120,6 +121,45 @@ class RatioStats:
             setattr(self, f, np.asarray(state[f], dtype=np.float64).copy())
         return self
 
+    def update_many(self, x: Any, y: Any) -> RatioStates:
+        """Add K steps' estimates at once, ``x`` and ``y`` of shape (K, n_groups), in order.
+
+        Equal to K calls of :meth:`update` (up to rounding: the decayed sums are one
+        product with the lower-triangular matrix ``beta^(r - j)``); returns the state after
+        each of the K updates, for per-step snapshots.
+        """
+        x = np.asarray(x, dtype=np.float64)
+        y = np.asarray(y, dtype=np.float64)
+        G = self.n_groups
+        if x.ndim != 2 or x.shape[1:] != (G,) or y.shape != x.shape:
+            raise InvalidInputError(
+                f"update_many expects x and y of shape (K, {G}), one row per step; got "
+                f"{x.shape} and {y.shape}."
+            )
+        K = x.shape[0]
+        b = self.beta
+        r = np.arange(K)
+        decay = np.tril(b ** np.subtract.outer(r, r).clip(min=0))  # [r, j] = b^(r-j), j <= r
+        carry = b ** (r + 1.0)  # weight of the state before the first of the K updates
+        decay2 = decay * decay
+        cols = {
+            "sx": x, "sy": y, "sxx": x * x, "syy": y * y, "sxy": x * y,
+        }  # fmt: skip
+        new = {f: decay @ v + carry[:, None] * getattr(self, f) for f, v in cols.items()}
+        states = RatioStates(
+            n=self.n + r + 1,
+            w=decay.sum(1) + carry * self.w,
+            w2=decay2.sum(1) + carry * carry * self.w2,
+            beta=b,
+            **new,
+        )
+        if K:  # the arrays of the last row are views: never changed in place
+            self.n = int(states.n[-1])
+            self.w, self.w2 = float(states.w[-1]), float(states.w2[-1])
+            for f in _FIELDS:
+                setattr(self, f, getattr(states, f)[-1])
+        return states
+
     def compute(self, z: float = 1.96) -> dict[str, np.ndarray]:
         """Means, ratio, Fieller interval at ``z`` standard errors and ``n_eff``.
 
@@ -127,25 +167,61 @@ class RatioStats:
         ``low`` / ``high`` (nan with fewer than 2 effective steps; ``high`` = inf when the
         denominator is not significantly positive), ``n_eff``.
         """
-        K = self.n_groups
-        nan = np.full(K, np.nan)
-        if self.n == 0:
-            return {"x": nan, "y": nan, "ratio": nan, "low": nan, "high": nan, "n_eff": nan}
-        W = self.w
-        mx, my = self.sx / W, self.sy / W
-        with np.errstate(divide="ignore", invalid="ignore"):
-            ratio = np.where(my != 0, mx / np.where(my != 0, my, 1.0), np.inf * np.sign(mx))
-        n_eff = W * W / self.w2
-        if n_eff <= 1.0 + 1e-12:
-            return {"x": mx, "y": my, "ratio": ratio, "low": nan, "high": nan,
-                    "n_eff": np.full(K, n_eff)}  # fmt: skip
-        corr = 1.0 / (1.0 - self.w2 / (W * W))  # reliability-weights unbiasing
-        vxx = np.maximum(self.sxx / W - mx * mx, 0.0) * corr / n_eff
-        vyy = np.maximum(self.syy / W - my * my, 0.0) * corr / n_eff
-        vxy = (self.sxy / W - mx * my) * corr / n_eff
+        st = self
+        return ratio_results(np.float64(st.w), np.float64(st.w2), st.sx, st.sy, st.sxx,
+                             st.syy, st.sxy, z)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class RatioStates:
+    """States of a :class:`RatioStats` after each of K updates (:meth:`RatioStats.update_many`):
+    ``n``, ``w``, ``w2`` of shape (K,), the co-moment sums of shape (K, n_groups)."""
+
+    n: np.ndarray
+    w: np.ndarray
+    w2: np.ndarray
+    sx: np.ndarray
+    sy: np.ndarray
+    sxx: np.ndarray
+    syy: np.ndarray
+    sxy: np.ndarray
+    beta: float
+
+    def compute(self, z: float = 1.96) -> dict[str, np.ndarray]:
+        """:meth:`RatioStats.compute` of every state at once: arrays of shape (K, n_groups)."""
+        w, w2 = self.w[:, None], self.w2[:, None]
+        return ratio_results(w, w2, self.sx, self.sy, self.sxx, self.syy, self.sxy, z)
+
+
+def ratio_results(
+    w: np.ndarray | np.floating,
+    w2: np.ndarray | np.floating,
+    sx: np.ndarray,
+    sy: np.ndarray,
+    sxx: np.ndarray,
+    syy: np.ndarray,
+    sxy: np.ndarray,
+    z: float,
+) -> dict[str, np.ndarray]:
+    """Means, ratio, Fieller interval and ``n_eff`` from weighted sums (any leading shape;
+    ``w``, ``w2`` broadcast against the sums; ``w = 0`` is the empty state)."""
+    shape = np.broadcast_shapes(np.shape(w), np.shape(sx))
+    empty = np.broadcast_to(w == 0, shape)
+    with np.errstate(all="ignore"):  # empty states, zero variances, infinite ratios
+        W = np.where(w == 0, np.nan, w)
+        mx, my = sx / W, sy / W
+        ratio = np.where(my != 0, mx / np.where(my != 0, my, 1.0), np.inf * np.sign(mx))
+        n_eff = np.broadcast_to(W * W / w2, shape)
+        corr = 1.0 / (1.0 - w2 / (W * W))  # reliability-weights unbiasing
+        vxx = np.maximum(sxx / W - mx * mx, 0.0) * corr / n_eff
+        vyy = np.maximum(syy / W - my * my, 0.0) * corr / n_eff
+        vxy = (sxy / W - mx * my) * corr / n_eff
         low, high = fieller(mx, my, vxx, vyy, vxy, z)
-        return {"x": mx, "y": my, "ratio": ratio, "low": low, "high": high,
-                "n_eff": np.full(K, n_eff)}  # fmt: skip
+    few = ~(n_eff > 1.0 + 1e-12)  # fewer than 2 effective steps (or empty): no interval
+    low, high = np.where(few, np.nan, low), np.where(few, np.nan, high)
+    ratio = np.where(empty, np.nan, ratio)
+    return {"x": mx, "y": my, "ratio": ratio, "low": low, "high": high,
+            "n_eff": np.array(n_eff)}  # fmt: skip
 
 
 def fieller(

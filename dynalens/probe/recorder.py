@@ -23,12 +23,14 @@ import datetime as _dt
 import os
 import platform
 import warnings
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.hooks import RemovableHandle
 
 import dynalens
 from dynalens._validation import check_int, check_option
@@ -141,6 +143,7 @@ class Recorder:
         self._mode = "train"
         self._checked = False
         self._closed = False
+        self._flush_callbacks: OrderedDict[int, Callable[[], None]] = OrderedDict()
         self._warned_calls: set[str] = set()
         self._first_record_done = False
         self._hooks = HookSet()
@@ -421,8 +424,21 @@ class Recorder:
         self._bg.submit(self._writer.add_scalars, int(step), values)
 
     # -- lifecycle ---------------------------------------------------------------------
+    def on_flush(self, fn: Callable[[], None]) -> RemovableHandle:
+        """Call ``fn()`` at the start of :meth:`flush` and :meth:`close`, so that an
+        instrument that logs in batches (e.g. the noise-scale monitor) hands over what
+        it still holds. Returns a handle whose ``remove()`` unregisters it."""
+        handle = RemovableHandle(self._flush_callbacks)
+        self._flush_callbacks[handle.id] = fn
+        return handle
+
+    def _run_flush_callbacks(self) -> None:
+        for fn in list(self._flush_callbacks.values()):
+            fn()
+
     def flush(self) -> None:
         """Wait until everything submitted so far is committed."""
+        self._run_flush_callbacks()
         self._bg.submit(self._writer.flush_scalars)
         self._bg.flush()
 
@@ -434,6 +450,7 @@ class Recorder:
         if self._closed:
             return
         try:
+            self._run_flush_callbacks()
             probe = {
                 path: item
                 for path, item in self._buf.arrays().items()

@@ -141,6 +141,33 @@ def test_real_recorder_scalar_table(tmp_path: Any) -> None:
     assert len(table["gns.b_simple"]) == 3
 
 
+def test_recorder_flush_and_close_hand_over_pending_steps(tmp_path: Any) -> None:
+    """Steps queued by the monitor reach the store when the recorder flushes (a notebook
+    reading while training runs) or closes before the monitor is detached."""
+    from dynalens.probe.recorder import Recorder
+    from dynalens.probe.store import open_store
+
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    path = str(tmp_path / "run.zarr")
+    rec = Recorder(model, path, sites="0", every=1000)
+    gns = GradientNoiseScaleMonitor(model, optimizer=opt, recorder=rec, max_delay=3600.0)
+    gns.attach()
+    for step, (x, y) in enumerate(_batches(5, 8, seed=6)):
+        opt.zero_grad()
+        ce(model(x), y).mean().backward()
+        opt.step()
+        rec.step(step)
+        if step == 2:
+            assert len(gns._queue) == 3  # nothing logged yet
+            rec.flush()
+            assert not gns._queue
+            assert len(open_store(path).scalars()["gns.b_simple"]) == 3
+    rec.close()  # the monitor is still attached: its 2 pending steps are written first
+    assert len(open_store(path).scalars()["gns.b_simple"]) == 5
+    gns.detach()
+
+
 def test_validation() -> None:
     model = mlp()
     with pytest.raises(InvalidParameterError, match="log"):
@@ -149,3 +176,5 @@ def test_validation() -> None:
         GradientNoiseScaleMonitor(model, source="microbatch").attach()
     with pytest.raises(InvalidParameterError, match="not measured"):
         GradientNoiseScaleMonitor(model, groups={"a": ["nope"]}).attach()
+    with pytest.raises(InvalidParameterError, match="flush_every"):
+        GradientNoiseScaleMonitor(model, flush_every=0).attach()

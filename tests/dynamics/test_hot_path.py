@@ -9,7 +9,7 @@ import torch
 from _dyn_models import ce, mlp
 
 from dynalens.dynamics.gns_live import GradientNoiseScaleMonitor
-from dynalens.dynamics.grad_capture import CaptureMeans
+from dynalens.dynamics.grad_capture import CaptureMeans, LazyMeans
 from dynalens.dynamics.per_example import PerExampleGradNorms
 from dynalens.kernels.ghost_norm import layer_sq_norms, linear_sq_norms
 from dynalens.probe.hooks import HookSet
@@ -34,7 +34,7 @@ def test_single_pass_means_equal_the_general_path(reduction: str) -> None:
     x, y = _data(0)
     loss = ce(model(x), y)
     (0.5 * (loss.mean() if reduction == "mean" else loss.sum())).backward()
-    assert engine._single_pass_means() is not None  # the short path is taken
+    assert isinstance(engine.collect_means(reset=False, lazy=True), LazyMeans)  # short path
     fast, general = _means_both_ways(engine)
     assert fast.per_example_mean is not None and general.per_example_mean is not None
     np.testing.assert_allclose(fast.per_example_mean, general.per_example_mean, rtol=1e-12)
@@ -57,7 +57,7 @@ def test_accumulated_passes_take_the_general_path() -> None:
     x, y = _data(1)
     for k in range(2):
         (0.5 * ce(model(x[4 * k : 4 * k + 4]), y[4 * k : 4 * k + 4]).mean()).backward()
-    assert engine._single_pass_means() is None
+    assert isinstance(engine.collect_means(reset=False, lazy=True), CaptureMeans)
     want = CaptureMeans.from_capture(engine.collect(reset=False), engine.param_names_)
     got = engine.collect_means()
     assert got.pass_sizes == [4, 4] and got.n_examples == 8
@@ -140,4 +140,40 @@ def test_half_precision_gradient_norm_accumulates_in_float32() -> None:
     exact = float(model.weight.grad.float().pow(2).sum()) / 16**2  # |G_B|² of the mean
     k = engine.param_names_.index("weight")
     assert means.batch_grad_sq[k] == pytest.approx(exact, rel=1e-5)
+    engine.detach()
+
+
+class _MixedPrecision(torch.nn.Module):
+    """A float32 layer feeding a float64 one: rows and dots of two dtypes in one step."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = torch.nn.Linear(7, 5)
+        self.b = torch.nn.Linear(5, 4).double()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(torch.tanh(self.a(x)).double())
+
+
+def test_blocks_of_steps_with_mixed_dtypes_equal_the_general_path() -> None:
+    """Lazy steps of a mixed-precision model are stacked together (float32 rows promoted
+    exactly) and give the general path's means, step by step."""
+    from dynalens.dynamics.grad_capture import resolve_means
+
+    model = _MixedPrecision()
+    engine = PerExampleGradNorms(model).attach()
+    lazy, general = [], []
+    for seed in range(3):
+        x, y = _data(seed)
+        model.zero_grad()
+        ce(model(x.float()), y).mean().backward()
+        general.append(CaptureMeans.from_capture(engine.collect(reset=False), engine.param_names_))
+        lazy.append(engine.collect_means(lazy=True))
+    assert all(isinstance(m, LazyMeans) for m in lazy)
+    block = resolve_means(lazy)
+    assert block.per_example_mean is not None
+    for k, want in enumerate(general):
+        assert want.per_example_mean is not None
+        np.testing.assert_allclose(block.per_example_mean[k], want.per_example_mean, rtol=1e-12)
+        np.testing.assert_allclose(block.batch_grad_sq[k], want.batch_grad_sq, rtol=1e-12)
     engine.detach()

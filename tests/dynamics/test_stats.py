@@ -43,6 +43,39 @@ def test_merge_is_associative_and_commutative_for_equal_weights(a: list, b: list
     _assert_same(_fed(1.0, a).merge(_fed(1.0, b)), _fed(1.0, b).merge(_fed(1.0, a)))
 
 
+@settings(max_examples=60, deadline=None)
+@given(a=pairs, b=pairs, beta=st.sampled_from([1.0, 0.9, 0.5, 0.01]))
+def test_update_many_equals_sequential_updates_and_snapshots_each(
+    a: list, b: list, beta: float
+) -> None:
+    s = _fed(beta, a)
+    rows = np.array(b, dtype=np.float64).reshape(-1, 4)
+    states = s.update_many(rows[:, :2], rows[:, 2:])
+    _assert_same(s, _fed(beta, a + b))
+    assert states.n.shape == (len(b),)
+    batch = states.compute()
+    for k in range(len(b)):  # row k is the state after the k-th update
+        row = _from_states(states, k, beta)
+        _assert_same(row, _fed(beta, a + b[: k + 1]))
+        # the vectorised compute is the single-state compute of the same numbers
+        want = row.compute()
+        for key in ("x", "y", "ratio", "low", "high", "n_eff"):
+            np.testing.assert_array_equal(batch[key][k], want[key])
+
+
+def _from_states(states, k: int, beta: float) -> RatioStats:
+    s = RatioStats(2, beta=beta)
+    s.n, s.w, s.w2 = int(states.n[k]), float(states.w[k]), float(states.w2[k])
+    for f in ("sx", "sy", "sxx", "syy", "sxy"):
+        setattr(s, f, getattr(states, f)[k])
+    return s
+
+
+def test_update_many_checks_shapes() -> None:
+    with pytest.raises(InvalidInputError, match=r"shape \(K, 2\)"):
+        RatioStats(2).update_many(np.zeros((3, 3)), np.zeros((3, 3)))
+
+
 def test_reset_and_empty() -> None:
     s = _fed(0.9, [(1, 2, 3, 4)])
     s.reset()
