@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from dynalens.dynamics.grad_capture import LazyMeans, MeansLayout
+from dynalens.dynamics.grad_capture import GradCapture, LazyMeans, MeansLayout, to_floats
 
 #: Layouts remembered per engine (distinct record signatures: batch sizes, loss scales).
 MAX_LAYOUTS = 64
@@ -107,6 +107,45 @@ class PassLog:
             rec = PassRecord(*fields)
             out[names[rec.k]].append((row, rec))
         return out
+
+    def fill_capture(
+        self,
+        cap: GradCapture,
+        by_name: dict[str, list[tuple[torch.Tensor | None, PassRecord]]],
+        names: list[str],
+        excluded: set[str],
+        track: bool,
+    ) -> None:
+        """Fill ``cap`` (``n_examples`` set) from the records: per-example norms in units of
+        ``∇l_i``, ``|G_B|²`` of the passes combined as the loss weighted them, per-pass
+        ``|G_k|²``; parameters unused or ``excluded`` count as zero."""
+        vals = to_floats(self.scalars)
+        for name in names:
+            passes = by_name.get(name)
+            if not passes or name in excluded:  # unused or left out: zero
+                cap.per_example[name] = torch.zeros(cap.n_examples, dtype=torch.float64)
+                cap.batch_size[name] = float(cap.n_examples)
+                cap.batch_grad_sq[name] = 0.0
+                continue
+            recs = [rec for _, rec in passes]
+            parts = [sq * (1.0 / (rec.d * rec.d)) for sq, rec in passes if sq is not None]
+            if parts:
+                cap.per_example[name] = parts[0] if len(parts) == 1 else torch.cat(parts)
+            sizes = [rec.batch for rec in recs]
+            if len(sizes) > len(cap.pass_sizes):
+                cap.pass_sizes = sizes
+            sc = sum(rec.c for rec in recs)
+            cap.batch_size[name] = sc * sc / sum(rec.c * rec.c / rec.batch for rec in recs)
+            if track:
+                big = sum(_pass_contribution(vals, rec.first, rec.cross) for rec in recs)
+                cap.batch_grad_sq[name] = big / (sc * sc)
+                cap.pass_grad_sq[name] = [vals[rec.first] / (rec.c * rec.c) for rec in recs]
+
+
+def _pass_contribution(vals: list[float], i: int, j: int) -> float:
+    """What one pass adds to ``|Σ_k g_k|²``: ``|g_k|² + 2 g_k·(earlier passes)``, from the
+    parameter hook's scalars (``j = -1``: no earlier gradient)."""
+    return vals[i] + (2.0 * vals[j] if j >= 0 else 0.0)
 
 
 def _layout(fields: list[tuple[int, float, int, int, int]], n_params: int) -> MeansLayout | None:

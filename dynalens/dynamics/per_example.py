@@ -18,8 +18,12 @@ gradients must be zeroed at the start of each optimizer step, as usual).
 
 Captures use :class:`dynalens.probe.hooks.HookSet` (forward hooks that register tensor hooks
 on the module output), the mechanism the Recorder uses; pass the recorder's ``HookSet`` as
-``hooks=`` to share it. Parameters used by several calls in one pass (tied embeddings,
-reused layers) are combined exactly by summing materialised per-example gradients.
+``hooks=`` to share it. A module's norms are computed as soon as its output gradient
+arrives when its rule has a closed form, its parameters are its own and it ran once in the
+pass (the common case); parameters used by several calls in one pass (tied embeddings,
+reused layers) wait for their gradient hooks and are combined exactly by summing
+materialised per-example gradients. Scratch tensors of the rules live in one reused
+:class:`~dynalens.kernels.ghost_norm.Workspace` per engine.
 
 Modules without a rule are handled by ``policy``: ``"raise"`` (default), ``"warn"`` (skip
 them and list them in :attr:`PerExampleGradNorms.skipped_`) or ``"fallback"``
@@ -47,13 +51,7 @@ from torch.utils.hooks import RemovableHandle
 from dynalens._validation import check_float, check_option
 from dynalens.dynamics._pass_log import PassLog
 from dynalens.dynamics._plan import Call, FuncRule, Rule, plan_modules
-from dynalens.dynamics.grad_capture import (
-    CaptureMeans,
-    GradCapture,
-    LazyMeans,
-    resolve_means,
-    to_floats,
-)
+from dynalens.dynamics.grad_capture import CaptureMeans, GradCapture, LazyMeans, resolve_means
 from dynalens.errors import HookNotFiredError, InvalidInputError, InvalidParameterError, listing
 from dynalens.kernels.ghost_norm import Workspace
 from dynalens.probe.hooks import HookSet, first_tensor
@@ -411,36 +409,12 @@ class PerExampleGradNorms:
                 self._warned_bad = True
             self.excluded_ = sorted(set(self.excluded_) | set(bad))
             cap.n_examples = N
-        vals = to_floats(self._log.scalars)
-        for name in self.param_names_:
-            passes = by_name.get(name)
-            if not passes or name in self.excluded_:  # unused or left out: zero
-                cap.per_example[name] = torch.zeros(cap.n_examples, dtype=torch.float64)
-                cap.batch_size[name] = float(cap.n_examples)
-                cap.batch_grad_sq[name] = 0.0
-                continue
-            recs = [rec for _, rec in passes]
-            if self.capture_examples:
-                parts = [sq * (1.0 / (rec.d * rec.d)) for sq, rec in passes if sq is not None]
-                cap.per_example[name] = parts[0] if len(parts) == 1 else torch.cat(parts)
-            sizes = [rec.batch for rec in recs]
-            if len(sizes) > len(cap.pass_sizes):
-                cap.pass_sizes = sizes
-            sc = sum(rec.c for rec in recs)
-            cap.batch_size[name] = sc * sc / sum(rec.c * rec.c / rec.batch for rec in recs)
-            if self.track_batch_grad:
-                big = sum(_pass_contribution(vals, rec.first, rec.cross) for rec in recs)
-                cap.batch_grad_sq[name] = big / (sc * sc)
-                cap.pass_grad_sq[name] = [vals[rec.first] / (rec.c * rec.c) for rec in recs]
+        self._log.fill_capture(
+            cap, by_name, self.param_names_, set(self.excluded_), self.track_batch_grad
+        )
         if reset:
             self.reset()
         return cap
-
-
-def _pass_contribution(vals: list[float], i: int, j: int) -> float:
-    """What one pass adds to ``|Σ_k g_k|²``: ``|g_k|² + 2 g_k·(earlier passes)``, from the
-    parameter hook's scalars (``j = -1``: no earlier gradient)."""
-    return vals[i] + (2.0 * vals[j] if j >= 0 else 0.0)
 
 
 def per_example_sq_norms(

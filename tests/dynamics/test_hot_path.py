@@ -177,3 +177,49 @@ def test_blocks_of_steps_with_mixed_dtypes_equal_the_general_path() -> None:
         np.testing.assert_allclose(block.per_example_mean[k], want.per_example_mean, rtol=1e-12)
         np.testing.assert_allclose(block.batch_grad_sq[k], want.batch_grad_sq, rtol=1e-12)
     engine.detach()
+
+
+def test_forward_without_backward_before_a_step_keeps_the_norms_exact() -> None:
+    """A forward whose output never gets a gradient (evaluation with grad enabled) makes
+    the next call of each layer its second in the pass: the norms then take the general
+    path and still equal the per-example loop."""
+    model = mlp()
+    engine = PerExampleGradNorms(model).attach()
+    x, y = _data(5)
+    model(x)  # no backward
+    ce(model(x), y).mean().backward()
+    got = engine.collect_means()
+    engine.detach()
+    per = []
+    for i in range(8):
+        model.zero_grad()
+        ce(model(x[i : i + 1]), y[i : i + 1]).sum().backward()
+        per.append([float(p.grad.pow(2).sum()) for p in model.parameters()])
+    assert got.per_example_mean is not None
+    np.testing.assert_allclose(got.per_example_mean, np.mean(per, 0), rtol=1e-10)
+
+
+@pytest.mark.parametrize("shape", [(5, 9, 6, 4), (5, 3, 6, 7)])  # materialise, ghost
+def test_workspace_gives_the_same_norms_and_is_reused(shape: tuple[int, ...]) -> None:
+    from dynalens.kernels.ghost_norm import Workspace, ghost_is_cheaper
+
+    B, T, d_in, d_out = shape
+    g = torch.Generator().manual_seed(4)
+    ws = Workspace()
+    for scale in (1, 2):  # a larger call regrows the buffers, a smaller one reuses them
+        a = torch.randn(B * scale, T, d_in, generator=g, dtype=torch.float64)
+        out = torch.randn(B * scale, T, d_out, generator=g, dtype=torch.float64)
+        w, b = layer_sq_norms(a, out, True, ws)
+        w0, b0 = layer_sq_norms(a, out, True)
+        torch.testing.assert_close(w, w0, rtol=1e-12, atol=0)
+        assert b is not None and b0 is not None
+        torch.testing.assert_close(b, b0, rtol=1e-12, atol=0)
+    names = {"gram_a", "gram_g"} if ghost_is_cheaper(T, d_in, d_out) else {"w"}
+    assert set(ws._bufs) == names
+    first = {k: v.data_ptr() for k, v in ws._bufs.items()}
+    a, out = (
+        torch.randn(B, T, d_in, dtype=torch.float64),
+        torch.randn(B, T, d_out, dtype=torch.float64),
+    )
+    layer_sq_norms(a, out, False, ws)
+    assert {k: v.data_ptr() for k, v in ws._bufs.items()} == first  # no new allocation
