@@ -320,7 +320,7 @@ def cpu_cases(n: int, quick: bool) -> list[dict[str, Any]]:
             )  # fmt: skip
 
     # ---- KSG neighbourhoods: joint kNN radius + both marginal counts (estimator 1) -----------
-    for dm in (5, 25):
+    for dm in (5, 8, 25):
         xk = torch.randn(n, dm, generator=gen)
         yk = 0.5 * xk + torch.randn(n, dm, generator=gen)
         xkn, ykn = xk.double().numpy(), yk.double().numpy()

@@ -108,8 +108,8 @@ class GradientNoiseScaleMonitor:
     them -- a step's :class:`StepScalars`, :meth:`compute`, :attr:`stats` --, at
     :meth:`flush`, :meth:`reset` and :meth:`detach`, and when the recorder flushes or
     closes (a dynalens Recorder calls :meth:`flush` first). Values do not depend on the
-    blocks (up to rounding). With ``sync_ranks=True`` every step is computed at once (one collective per
-    step on every rank).
+    blocks (up to rounding). With ``sync_ranks=True`` every step is computed at once (one
+    collective per step on every rank).
     """
 
     def __init__(

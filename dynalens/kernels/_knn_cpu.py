@@ -4,9 +4,10 @@ kNN (distances and indices, self excluded by index):
 
 * ``d <= KNN_TREE_MAX_DIM`` (16) for L∞, ``d <= L2_TREE_MAX_DIM`` (8) for L2:
   ``scipy.spatial.cKDTree.query(workers=-1)`` (L∞ at n = 10k on KSG joint spaces of
-  correlated Gaussians: 0.12 / 0.37 / 0.6 / 0.9 s at d = 8 / 10 / 12 / 16 against
-  0.9 / 1.8 / 1.5 / 0.8 s for scikit-learn's brute force on a busy machine; at d = 32 the
-  tree is 2–3× slower, kernels guide §3; for L2 the GEMM brute force wins earlier);
+  correlated Gaussians, tree / per-coordinate brute force: 0.21 / 0.48 s at d = 10,
+  0.28 / 0.46 at 12, 0.58 / 0.55 at 16; independent Gaussians 0.64 / 0.71 at 16; at
+  d = 32 the tree is 2–3× slower, kernels guide §3; for L2 the GEMM brute force wins
+  earlier);
 * above: brute force in chunked torch — for L∞ the per-coordinate engine below, for L2 a
   centred GEMM with exact re-ranking of ``k + 4`` candidates.
 
@@ -21,33 +22,35 @@ tile rows 8 / 16 / 24 / 32 / 48 at n = 10k: 1.32 / 0.98 / 0.87 / 0.85 / 0.88 s (
 tiles pay the ~10 µs per torch call; large ones leave L2). On other devices ``cdist``
 tiles (a GPU would pay a kernel launch per coordinate).
 
-Radius counts, cost rule. Time of scikit-learn's ``KDTree(metric="chebyshev")
-.query_radius(count_only=True)`` divided by the blocked brute force (2 threads), n = 10 000
-Gaussian points, measured on a busy 2-core machine:
+Radius counts, cost rule. Seconds for scikit-learn's ``KDTree(metric="chebyshev")
+.query_radius(count_only=True)`` / the blocked brute force (2 threads, per-coordinate
+tiles), n = 10 000 Gaussian points:
 
-====  ================================  ===========================
-d     KSG marginal radii (~150 inside)  own k = 3 radii (~3 inside)
-====  ================================  ===========================
-1     0.03                              0.01
-2     0.06                              0.02
-5     0.20                              0.08
-8     0.39                              0.18
-12    0.72                              0.76
-16    0.73                              0.69
-25    1.14                              0.99
-====  ================================  ===========================
+====  ==================================  ===========================
+d     KSG marginal radii (~200 inside)    own k = 3 radii (~3 inside)
+====  ==================================  ===========================
+2     0.05 / 0.15                         --
+3     0.11 / 0.31                         --
+4     0.20 / 0.24                         0.05 / 0.20
+5     0.28 / 0.23                         --
+6     0.34 / 0.24                         0.11 / 0.29
+8     0.57 / 0.28                         0.16 / 0.29
+10    --                                  0.30 / 0.36
+12    --                                  0.51 / 0.51
+16    --                                  1.34 / 0.51
+====  ==================================  ===========================
 
-The scikit-learn tree counts whole nodes without visiting their points, so its cost hardly
-depends on the mean count; scipy's ``cKDTree.query_ball_point(return_length=True)`` walks
-every point inside the ball: 2–5× slower at KSG radii (the reason for the old zero-padding
-work-around in the KSG estimator) and 3.7–5.3× slower than scikit-learn's tree at d = 1–2.
-The tree's cost grows with d like any KD-tree's while brute force is ``O(n² d)``; the tree
-scales as ~n log n + n·count, brute force as n². Rule: L∞ counts use the scikit-learn tree
-for ``d <= COUNT_TREE_MAX_DIM`` (16); L2 counts use ``cKDTree`` for
-``d <= L2_TREE_MAX_DIM`` (8); brute force otherwise. Without scikit-learn, L∞ counts use
-``cKDTree`` up to 8 dimensions. The L2 brute force compares expanded (GEMM) squared
-distances with a band of ± twice their rounding bound around r² and re-checks only the
-entries of rows with something in the band, exactly.
+The tree's cost grows with the dimension and with the number of points inside the balls;
+the brute force's does neither much. Rule for L∞ counts: the scikit-learn tree up to
+``COUNT_TREE_ALWAYS_DIM`` (4) dimensions; up to ``COUNT_TREE_MAX_DIM`` (12) when the mean
+count inside the balls, estimated exactly on ``_COUNT_SAMPLE`` evenly spaced rows, is at
+most ``COUNT_TREE_MAX_INSIDE`` (32); brute force otherwise. scipy's
+``cKDTree.query_ball_point(return_length=True)`` walks every point inside the ball (2-5x
+slower than scikit-learn's node counts at KSG radii); without scikit-learn, L∞ counts use
+``cKDTree`` up to 8 dimensions. L2 counts use ``cKDTree`` for ``d <= L2_TREE_MAX_DIM``
+(8). The L2 brute force compares expanded (GEMM) squared distances with a band of ± twice
+their rounding bound around r² and re-checks only the entries of rows with something in
+the band, exactly.
 """
 
 from __future__ import annotations
@@ -65,8 +68,14 @@ from dynalens.kernels._dispatch import compute_dtype
 KNN_TREE_MAX_DIM = 16
 #: Largest dimension for which the L2 kNN and L2 radius counts use scipy's KD-tree.
 L2_TREE_MAX_DIM = 8
-#: Largest dimension for which L∞ radius counts use scikit-learn's KD-tree (cost rule above).
-COUNT_TREE_MAX_DIM = 16
+#: Largest dimension for which L∞ radius counts use scikit-learn's KD-tree (cost rule above)
+#: when the balls hold few points; up to COUNT_TREE_ALWAYS_DIM whatever they hold.
+COUNT_TREE_MAX_DIM = 12
+COUNT_TREE_ALWAYS_DIM = 4
+#: Mean number of points inside the balls up to which the tree wins above ALWAYS_DIM.
+COUNT_TREE_MAX_INSIDE = 32
+#: Query rows on which that mean is counted (exactly, by brute force).
+_COUNT_SAMPLE = 128
 #: Elements of one L∞ distance tile off the CPU (``cdist`` tiles, 16 MiB of float32).
 TILE_ELEMS = 1 << 22
 #: Elements of one L∞ tile of the per-coordinate CPU engine: two float32 buffers of 1 MiB
@@ -339,8 +348,21 @@ def tree_counts_apply(x: torch.Tensor, metric: str) -> bool:
     return d <= L2_TREE_MAX_DIM and has("scipy")
 
 
+def _mean_inside(x: torch.Tensor, r: torch.Tensor) -> float:
+    """Mean L∞ count inside the balls (self included) over evenly spaced query rows."""
+    n = x.shape[0]
+    rows = torch.linspace(0, n - 1, min(n, _COUNT_SAMPLE), device=x.device).long()
+    inside = torch.cdist(x[rows], x, p=math.inf) <= r[rows, None]
+    return float(inside.sum()) / len(rows)
+
+
 def counts(x: torch.Tensor, r: torch.Tensor, metric: str, strict: bool) -> torch.Tensor:
     """(n,) int64 radius counts, self excluded by index (x, r in the compute dtype)."""
-    if tree_counts_apply(x, metric):
+    if tree_counts_apply(x, metric) and (
+        metric != "max"
+        or not has("sklearn")
+        or x.shape[1] <= COUNT_TREE_ALWAYS_DIM
+        or _mean_inside(x, r) <= COUNT_TREE_MAX_INSIDE
+    ):
         return count_tree(x, r, metric, strict)
     return count_brute(x, r, metric, strict)

@@ -34,6 +34,7 @@ def run(monkeypatch):
                 m.setattr(_knn_cpu, "KNN_TREE_MAX_DIM", 64)
                 m.setattr(_knn_cpu, "L2_TREE_MAX_DIM", 64)
                 m.setattr(_knn_cpu, "COUNT_TREE_MAX_DIM", 64)
+                m.setattr(_knn_cpu, "COUNT_TREE_ALWAYS_DIM", 64)
             elif backend == "torch-scipy":
                 m.setattr(_knn_cpu, "has", lambda module: module != "sklearn")
             backend = "torch" if backend.startswith("torch") else backend
@@ -186,6 +187,29 @@ def test_integer_data_heavy_ties(run, backend):
                 out_c = run(radius_counts, x, radius, metric=metric, strict=strict,
                             backend=backend)  # fmt: skip
                 assert torch.equal(out_c, ref_c), (metric, strict, radius)
+
+
+@pytest.mark.parametrize(("d", "radius", "engine"), [
+    (3, 2.0, "tree"),    # low dimension: the tree whatever the balls hold
+    (8, 0.05, "tree"),   # few points inside: the tree
+    (8, 2.0, "brute"),   # many points inside: the brute force
+    (14, 0.05, "brute"), # above COUNT_TREE_MAX_DIM
+])  # fmt: skip
+def test_max_counts_engine_follows_the_cost_rule(monkeypatch, d, radius, engine):
+    """L∞ counts pick the tree or the brute force by dimension and mean ball count (the
+    rule in _knn_cpu's docstring); both give the reference's counts."""
+    used = []
+    for name in ("count_tree", "count_brute"):
+        real = getattr(_knn_cpu, name)
+        monkeypatch.setattr(
+            _knn_cpu, name, lambda *a, real=real, name=name: used.append(name) or real(*a)
+        )
+    x = _data(300, d)
+    r = torch.full((300,), radius)
+    got = radius_counts(x, r, metric="max", backend="torch")
+    assert used == [f"count_{engine}"]
+    ref = radius_counts(x.double(), r.double(), metric="max", backend="reference")
+    assert torch.equal(got, ref)
 
 
 def test_parameters_change_output():
