@@ -133,7 +133,7 @@ class GradientNoiseScaleMonitor:
         start_step: int = 0,
         z: float = 1.96,
         history: int = 1000,
-        flush_every: int = 32,
+        flush_every: int = 64,
         max_delay: float = 1.0,
     ) -> None:
         self.model = model
