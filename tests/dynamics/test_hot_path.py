@@ -223,3 +223,41 @@ def test_workspace_gives_the_same_norms_and_is_reused(shape: tuple[int, ...]) ->
     )
     layer_sq_norms(a, out, False, ws)
     assert {k: v.data_ptr() for k, v in ws._bufs.items()} == first  # no new allocation
+
+
+class _Checkpointed(torch.nn.Module):
+    """The first layer under non-reentrant activation checkpointing: its forward hook fires
+    again when backward recomputes it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = torch.nn.Linear(7, 6)
+        self.b = torch.nn.Linear(6, 4)
+
+    def forward(self, x: torch.Tensor, checkpointed: bool = True) -> torch.Tensor:
+        from torch.utils.checkpoint import checkpoint
+
+        def first(t: torch.Tensor) -> torch.Tensor:
+            return torch.tanh(self.a(t))
+
+        h = checkpoint(first, x, use_reentrant=False) if checkpointed else first(x)
+        return self.b(h)
+
+
+def test_activation_checkpointing_keeps_the_norms_exact() -> None:
+    model = _Checkpointed().double()
+    engine = PerExampleGradNorms(model, reduction="sum").attach()
+    for seed in range(2):  # a second step: the per-pass call counts were reset
+        x, y = _data(seed)
+        model.zero_grad()
+        ce(model(x), y).sum().backward()
+        got = engine.collect()
+        engine.active = False  # the per-example loop below is not measured
+        for name, p in model.named_parameters():
+            per = []
+            for i in range(8):
+                g = torch.autograd.grad(ce(model(x[i : i + 1], False), y[i : i + 1]).sum(), p)
+                per.append(float(g[0].pow(2).sum()))
+            np.testing.assert_allclose(got.per_example[name].numpy(), per, rtol=1e-10)
+        engine.active = True
+    engine.detach()
