@@ -116,10 +116,6 @@ class LazyMeans:
     layout: MeansLayout
     n_examples: int
 
-    @property
-    def pass_sizes(self) -> list[int]:
-        return [self.n_examples]
-
 
 @dataclass
 class MeansBlock:
