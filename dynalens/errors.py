@@ -39,6 +39,11 @@ class StoreError(DynalensError, OSError):
     """The path is not a dynalens store, or the store is in a state that forbids the call."""
 
 
+class DamagedStoreError(StoreError):
+    """A committed record or a metadata file of a store is damaged (truncated, deleted,
+    checksum mismatch, invalid JSON) or names a path outside the store."""
+
+
 class ReadOnlyStoreError(StoreError, PermissionError):
     """A write was attempted on a store opened for reading."""
 

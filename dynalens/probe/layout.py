@@ -2,7 +2,7 @@
 
 ::
 
-    STORE/                         root group; attrs {"dynalens": {"schema": 1}}
+    STORE/                         root group; attrs {"dynalens": {"schema": 2}}
       <run>/                       one group per run; attrs {"dynalens_run": {...}}:
                                    sites (module type, axes), schedule, config, model
                                    summary, world size, versions of dynalens/torch/zarr
@@ -21,7 +21,13 @@
           inputs/<site>            the module's first positional input
           param_grads/<site>/<p>   gradients of the site module's own parameters
           probe_activations/<site> activations on the fixed probe set
-          scalars/step, scalars/<name>   the scalar table (loss, lr, ...), float64
+          scalars/step, scalars/<key>    the scalar table (loss, lr, ...), float64; <key>
+                                   is the name escaped (train/loss -> train%2Floss),
+                                   the name itself in the column's attrs["name"]
+
+Every chunk file ends with the CRC-32C of its bytes (zarr v3 ``crc32c`` codec, see
+:mod:`dynalens.probe.chunk_codec`); readers verify it and the file's size, so a damaged
+record is an error, never a value.
 
 Commit protocol: a record's chunks are written first (each atomically: temp file +
 rename), then ``committed`` is advanced in the rank group's ``zarr.json``, itself
@@ -34,7 +40,8 @@ from __future__ import annotations
 
 from typing import Any
 
-SCHEMA_VERSION = 1
+#: 2: every chunk ends with its CRC-32C (zarr v3 ``crc32c`` codec); 1: no checksums
+SCHEMA_VERSION = 2
 ROOT_ATTR = "dynalens"
 RUN_ATTR = "dynalens_run"
 

@@ -13,7 +13,6 @@ Multi-rank runs are merged: rank shards are concatenated along the batch axis.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from functools import cached_property
@@ -26,6 +25,7 @@ import zarr
 
 from dynalens._validation import check_option
 from dynalens.errors import (
+    DamagedStoreError,
     ReadOnlyStoreError,
     SiteNotFoundError,
     StepNotRecordedError,
@@ -34,46 +34,24 @@ from dynalens.errors import (
     listing,
 )
 from dynalens.probe import layout
+from dynalens.probe.chunk_codec import ChunkFormat, read_chunk, read_records, read_vector
 from dynalens.probe.dtypes import from_disk
-from dynalens.probe.store_writer import is_store_root
+from dynalens.probe.metadata import attributes, is_store_root, read_json
+from dynalens.probe.names import check_stored_name
 
 Array = np.ndarray | torch.Tensor
 
 
-def _read_records(arr: zarr.Array, directory: Path, sel: int | np.ndarray) -> np.ndarray:
-    """Records ``sel`` (one index, or an index array stacked on a new first axis).
-
-    Uncompressed arrays are read straight from their chunk files into one buffer (one
-    chunk per record, as the writer lays them out); compressed ones through zarr."""
-    many = not isinstance(sel, (int, np.integer))
-    if len(arr.compressors) or arr.chunks[0] != 1:
-        return np.asarray(arr.get_orthogonal_selection((sel,)) if many else arr[int(sel)])
-    idx = np.atleast_1d(np.asarray(sel, dtype=np.int64))
-    record = tuple(arr.shape[1:])
-    out = np.empty((len(idx), *record), dtype=np.dtype(arr.dtype).newbyteorder("<"))
-    zeros = (0,) * len(record)
-    for j, i in enumerate(idx):
-        key = directory / layout.chunk_key((int(i), *zeros))
-        try:
-            with open(key, "rb") as f:
-                f.readinto(memoryview(out[j]).cast("B"))
-        except FileNotFoundError:
-            out[j] = arr.fill_value
-    out = out.astype(out.dtype.newbyteorder("="), copy=False)
-    return out if many else out[0]
-
-
-def _read_vector(arr: zarr.Array, directory: Path, n: int) -> np.ndarray:
-    """The first ``n`` elements of a 1-D uncompressed array, straight from its chunks."""
-    size = int(arr.chunks[0])
-    dtype = np.dtype(arr.dtype).newbyteorder("<")
-    parts = []
-    for c in range((n + size - 1) // size):
-        try:
-            parts.append(np.fromfile(directory / layout.chunk_key((c,)), dtype=dtype))
-        except FileNotFoundError:
-            parts.append(np.full(size, arr.fill_value, dtype=dtype))
-    return np.concatenate(parts)[:n].astype(dtype.newbyteorder("="), copy=False)
+def _open_array(directory: Path) -> zarr.Array:
+    """A zarr array, its metadata checked: damage is a clear error, not zarr's traceback."""
+    read_json(directory / "zarr.json", missing_ok=False)
+    try:
+        return zarr.open_array(str(directory), mode="r")
+    except Exception as exc:
+        raise DamagedStoreError(
+            f"the metadata file {directory / 'zarr.json'} is damaged ({type(exc).__name__}: "
+            f"{exc}); restore it from a backup, or run `dynalens verify` on the store."
+        ) from None
 
 
 def open_store(path: str | os.PathLike[str], run: str | None = None, *, mode: str = "r") -> Store:
@@ -100,7 +78,6 @@ class Store:
                 f"{str(self.path)!r} exists but is not a dynalens store (no zarr.json with a "
                 "'dynalens' attribute); pass the directory a Recorder wrote."
             )
-        self._root = zarr.open_group(str(self.path), mode="r")
         runs = self.runs
         if not runs:
             raise StoreError(f"store {str(self.path)!r} holds no run yet.")
@@ -120,27 +97,19 @@ class Store:
         """Run names, oldest first."""
         found = []
         for name in sorted(p.name for p in self.path.iterdir() if p.is_dir()):
-            meta = self._read_json(self.path / name / "zarr.json").get("attributes", {})
-            if layout.RUN_ATTR in meta:
-                found.append((meta[layout.RUN_ATTR].get("created", ""), name))
+            meta = attributes(self.path / name)
+            if isinstance(meta.get(layout.RUN_ATTR), dict):
+                found.append((str(meta[layout.RUN_ATTR].get("created", "")), name))
         return [name for _, name in sorted(found)]
 
     def select(self, run: str) -> Store:
         """The same store, another run."""
         return Store(self.path, run, mode=self.mode)
 
-    @staticmethod
-    def _read_json(path: Path) -> dict[str, Any]:
-        try:
-            return json.loads(path.read_text())
-        except FileNotFoundError:
-            return {}
-
     @property
     def meta(self) -> dict[str, Any]:
         """The run's metadata: sites, schedule, config, model summary, versions."""
-        attrs = self._read_json(self.path / self.run / "zarr.json").get("attributes", {})
-        return dict(attrs.get(layout.RUN_ATTR, {}))
+        return dict(attributes(self.path / self.run).get(layout.RUN_ATTR, {}))
 
     @cached_property
     def world_size(self) -> int:
@@ -149,11 +118,11 @@ class Store:
     @property
     def sites(self) -> list[str]:
         """Recorded site names, in the order they were declared."""
-        return list(self.meta.get("sites", {}))
+        where = f"the metadata of run {self.run!r}"
+        return [check_stored_name("site", s, where) for s in self.meta.get("sites", {})]
 
     def _rank_state(self, rank: int) -> dict[str, Any]:
-        path = self.path / self.run / layout.rank_group(rank) / "zarr.json"
-        return self._read_json(path).get("attributes", {})
+        return attributes(self.path / self.run / layout.rank_group(rank))
 
     def committed(self, rank: int | None = None) -> int:
         """Records every rank (or the given rank) has committed."""
@@ -167,13 +136,13 @@ class Store:
         if arr is None and self._node_type(rank, path) != "array":
             return None
         if arr is None:
-            arr = zarr.open_array(str(self.path / key), mode="r")
+            arr = _open_array(self.path / key)
             self._arrays[key] = arr
         return arr
 
     def _node_type(self, rank: int, path: str) -> str | None:
         meta = self.path / self.run / layout.rank_group(rank) / path / "zarr.json"
-        return self._read_json(meta).get("node_type")
+        return read_json(meta).get("node_type")
 
     def _fresh(self, arr: zarr.Array, n: int) -> zarr.Array:
         """Re-open an array whose cached shape is older than the commit counter."""
@@ -181,12 +150,50 @@ class Store:
             return arr
         return zarr.open_array(arr.store_path.store, path=arr.store_path.path, mode="r")
 
+    def _dir(self, rank: int, path: str) -> Path:
+        return self.path / self.run / layout.rank_group(rank) / path
+
     def _record_steps(self, rank: int, n: int) -> np.ndarray:
         arr = self._array(rank, "step")
         if arr is None or n == 0:
             return np.zeros(0, dtype=np.int64)
-        directory = self.path / self.run / layout.rank_group(rank) / "step"
-        return _read_vector(self._fresh(arr, n), directory, n)
+        return self._read_vector(rank, "step", self._fresh(arr, n), n)
+
+    def _read_vector(self, rank: int, path: str, arr: zarr.Array, n: int) -> np.ndarray:
+        """The first ``n`` elements of a 1-D array (steps, scalar columns), checked."""
+        fmt = ChunkFormat.of(arr)
+        if fmt is None:
+            return np.asarray(arr[:n])
+        size = int(arr.chunks[0])
+
+        def describe(c: int) -> str:
+            return (
+                f"elements {c * size}-{(c + 1) * size - 1} of {path!r} in run {self.run!r} "
+                f"(rank {rank})"
+            )
+
+        return read_vector(fmt, self._dir(rank, path), size, n, describe)
+
+    def _read_records(
+        self, rank: int, path: str, arr: zarr.Array, sel: int | np.ndarray
+    ) -> np.ndarray:
+        """Records ``sel`` (one index, or an index array stacked on a new first axis) of
+        one rank's array, every chunk checked (see :mod:`dynalens.probe.chunk_codec`)."""
+        many = not isinstance(sel, (int, np.integer))
+        fmt = ChunkFormat.of(arr)
+        if fmt is None or arr.chunks[0] != 1:  # not laid out by dynalens: zarr reads it
+            return np.asarray(arr.get_orthogonal_selection((sel,)) if many else arr[int(sel)])
+        idx = np.atleast_1d(np.asarray(sel, dtype=np.int64))
+
+        def describe(i: int) -> str:
+            try:
+                step = f"step {int(self._record_steps(0, i + 1)[i])}"
+            except StoreError:
+                step = "an unknown step (the step vector is damaged too)"
+            return f"the record of {step} (record {i}) of {path!r} in run {self.run!r} (rank {rank})"
+
+        out = read_records(fmt, self._dir(rank, path), tuple(arr.shape[1:]), idx, describe)
+        return out if many else out[0]
 
     def _kinds_of(self, site: str) -> list[str]:
         return [k for k in layout.KINDS if self._node_type(0, layout.array_path(k, site))]
@@ -295,10 +302,7 @@ class Store:
             arr = self._array(r, path)
             if arr is None:
                 raise StoreError(f"rank {r} has no array {path!r} in run {self.run!r}.")
-            arr = self._fresh(arr, n)
-            parts.append(
-                _read_records(arr, self.path / self.run / layout.rank_group(r) / path, sel)
-            )
+            parts.append(self._read_records(r, path, self._fresh(arr, n), sel))
         axis = 0 if single else 1
         out = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=axis)
         logical = str(self._array(0, path).attrs.get("logical_dtype", out.dtype))  # type: ignore[union-attr]
@@ -386,12 +390,13 @@ class Store:
                 )
             arr = self._fresh(arr, n)
             if step is None:
-                parts.append(np.asarray(arr[:n]))
+                valid = self._valid("sample_ids", n)
+                parts.append(self._read_records(r, "sample_ids", arr, valid))
             else:
                 hits = np.flatnonzero(self._record_steps(0, n) == step)
                 if not len(hits):
                     raise StepNotRecordedError(f"step {step} was not recorded in run {self.run!r}.")
-                parts.append(np.asarray(arr[int(hits[-1])]))
+                parts.append(self._read_records(r, "sample_ids", arr, int(hits[-1])))
         return np.concatenate(parts, axis=-1)
 
     # -- the scalar table and the probe set ------------------------------------------
@@ -399,14 +404,15 @@ class Store:
         """The scalar table (step, loss, lr, ...): a pandas DataFrame when pandas is
         installed, else a dict of numpy arrays."""
         rows = int(self._rank_state(rank).get("scalar_rows", 0))
-        base = self.path / self.run / layout.rank_group(rank) / layout.SCALARS
+        base = self._dir(rank, layout.SCALARS)
         cols: dict[str, np.ndarray] = {}
         if base.is_dir():
-            names = sorted(p.name for p in base.iterdir() if (p / "zarr.json").exists())
-            names = ["step"] + [n for n in names if n != "step"]
-            for name in names:
-                arr = zarr.open_array(str(base / name), mode="r")
-                cols[name] = np.asarray(arr[:rows]) if rows else np.zeros(0, arr.dtype)
+            keys = sorted(p.name for p in base.iterdir() if (p / "zarr.json").exists())
+            for key in ["step"] + [k for k in keys if k != "step"]:
+                arr = _open_array(base / key)
+                name = str(arr.attrs.get("name", key))
+                path = f"{layout.SCALARS}/{key}"
+                cols[name] = self._read_vector(rank, path, arr, rows)
         try:
             import pandas as pd
         except ImportError:
@@ -420,10 +426,24 @@ class Store:
             raise SiteNotFoundError(
                 f"run {self.run!r} has no probe set; pass probe=(X, Y) to the Recorder."
             )
-        grp = zarr.open_group(str(self.path / self.run / "probe"), mode="r")
-        x = np.asarray(grp["X"][...])  # type: ignore[index]
-        y = np.asarray(grp["Y"][...]) if info.get("has_y") else None  # type: ignore[index]
+        x = self._probe_array("X")
+        y = self._probe_array("Y") if info.get("has_y") else None
         return x, y
+
+    def _probe_array(self, name: str) -> np.ndarray:
+        directory = self.path / self.run / "probe" / name
+        arr = _open_array(directory)
+        fmt = ChunkFormat.of(arr)
+        if fmt is None or tuple(arr.chunks) != tuple(max(1, d) for d in arr.shape):
+            return np.asarray(arr[...])  # a store from before checksums
+        out = np.empty(arr.shape, dtype=fmt.dtype)
+        key = layout.chunk_key((0,) * arr.ndim)
+
+        def what() -> str:
+            return f"the probe set's {name} of run {self.run!r}"
+
+        read_chunk(fmt, directory / key, out, what)
+        return out.astype(out.dtype.newbyteorder("="), copy=False)
 
     # -- out-of-core ------------------------------------------------------------------
     def as_dask(
@@ -439,11 +459,28 @@ class Store:
         valid = self._valid(path, n)
         one_rank = kind in (layout.PARAM_GRADS, layout.PROBE_ACTIVATIONS)
         ranks = [0] if one_rank else range(self.world_size)
+        logical = str(self._array(0, path).attrs.get("logical_dtype", ""))  # type: ignore[union-attr]
         parts = []
         for r in ranks:
             arr = self._fresh(self._array(r, path), n)  # type: ignore[arg-type]
-            lazy = da.from_zarr(arr, chunks=(records_per_chunk, *arr.chunks[1:]))
-            parts.append(lazy[valid])
+            record = tuple(int(d) for d in arr.shape[1:])
+            empty = np.zeros((0,), np.dtype(str(arr.dtype)))
+            dtype = from_disk(empty, logical, as_torch=False).dtype
+
+            def load(block: np.ndarray, r: int = r, arr: zarr.Array = arr) -> np.ndarray:
+                out = self._read_records(r, path, arr, block.astype(np.int64))
+                return np.asarray(from_disk(out, logical, as_torch=False))
+
+            index = da.from_array(valid, chunks=records_per_chunk)
+            parts.append(
+                index.map_blocks(
+                    load,
+                    new_axis=list(range(1, 1 + len(record))),
+                    chunks=(index.chunks[0], *((d,) for d in record)),
+                    dtype=dtype,
+                    meta=np.empty((0,) * (1 + len(record)), dtype=dtype),
+                )
+            )
         return parts[0] if len(parts) == 1 else da.concatenate(parts, axis=1)
 
     # -- cached analysis results ------------------------------------------------------

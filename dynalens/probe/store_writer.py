@@ -9,7 +9,6 @@ arrays. The commit protocol is described in :mod:`dynalens.probe.layout`.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -19,42 +18,31 @@ import zarr
 
 from dynalens.errors import ShapeMismatchError, StoreError
 from dynalens.probe import layout
-from dynalens.probe.chunk_files import ChunkFileWriter, fsync_dir
+from dynalens.probe.chunk_codec import ChunkFormat, crc32c_trailer
+from dynalens.probe.chunk_files import ChunkFileWriter, fsync_dir, remove_stale_temp_files
+from dynalens.probe.metadata import ensure_store_root, is_store_root
+from dynalens.probe.names import check_path_name, scalar_key
 
 _ARRAY_CONFIG: Any = {"write_empty_chunks": True}
+
+
+def _compressors(zstd: bool) -> list[Any]:
+    """The bytes-to-bytes codecs of a dynalens array: [zstd level 1,] crc32c (see
+    :mod:`dynalens.probe.chunk_codec`)."""
+    from zarr.codecs import Crc32cCodec, ZstdCodec
+
+    return [ZstdCodec(level=1), Crc32cCodec()] if zstd else [Crc32cCodec()]
 _SCALAR_CHUNK = 4096
 _STEP_CHUNK = 1024
 
 
-def is_store_root(path: Path) -> bool:
-    """True when ``path`` holds a dynalens store (a zarr group with our marker)."""
-    meta = path / "zarr.json"
-    if not meta.is_file():
-        return False
-    try:
-        attrs = json.loads(meta.read_text()).get("attributes", {})
-    except (OSError, ValueError):
-        return False
-    return layout.ROOT_ATTR in attrs
-
-
 def create_or_open_root(path: Path) -> zarr.Group:
-    """Open the store at ``path`` for appending runs, creating it when absent or empty."""
-    if path.exists() and not path.is_dir():
-        raise StoreError(
-            f"{str(path)!r} is a file, not a dynalens store; pass a directory path "
-            "(it is created when missing), e.g. 'runs/exp1.zarr'."
-        )
-    if path.is_dir() and any(path.iterdir()) and not is_store_root(path):
-        raise StoreError(
-            f"{str(path)!r} exists and is not a dynalens store (no zarr.json with a "
-            "'dynalens' attribute); choose a new or empty directory."
-        )
-    if is_store_root(path):
-        return zarr.open_group(str(path), mode="r+")
-    root = zarr.open_group(str(path), mode="w", zarr_format=3)
-    root.attrs[layout.ROOT_ATTR] = {"schema": layout.SCHEMA_VERSION}
-    return root
+    """Open the store at ``path`` for appending runs, creating it when absent or empty
+    (atomically, see :func:`~dynalens.probe.metadata.ensure_store_root`), and remove the
+    temp files that interrupted writes left there."""
+    ensure_store_root(path)
+    remove_stale_temp_files(path)
+    return zarr.open_group(str(path), mode="r+")
 
 
 class _RawArray:
@@ -65,7 +53,9 @@ class _RawArray:
         self.arr = arr
         self.dir = directory
         self.files = files
-        self.raw = len(arr.compressors) == 0
+        fmt = ChunkFormat.of(arr)
+        self.raw = fmt is not None and not fmt.zstd
+        self.checksum = fmt is not None and fmt.checksum
         self.dtype = arr.dtype if isinstance(arr.dtype, np.dtype) else np.dtype(str(arr.dtype))
         self.record_shape = tuple(arr.shape[1:])
         self.cap = int(arr.shape[0])
@@ -80,7 +70,8 @@ class _RawArray:
         if self.raw:
             data = np.ascontiguousarray(block, dtype=self.dtype.newbyteorder("<"))
             key = self.dir / layout.chunk_key(coords)
-            self.files.write(key, memoryview(data).cast("B"))  # type: ignore[arg-type]
+            view = memoryview(data).cast("B")  # type: ignore[arg-type]
+            self.files.write(key, view, crc32c_trailer(view) if self.checksum else b"")
         else:
             self.arr[sel] = block
 
@@ -140,6 +131,7 @@ class StoreWriter:
         direct_io: bool = True,
     ) -> None:
         self.path = Path(path)
+        check_path_name("run name", run)
         self.fsync = durability == "commit"
         self.files = ChunkFileWriter(fsync=self.fsync, direct=direct_io)
         self.compression = compression
@@ -179,13 +171,6 @@ class StoreWriter:
         compress: bool = False,
     ) -> _RawArray:
         chunks = (cap, *record_shape) if not record_shape else (1, *record_shape)
-        kwargs: dict[str, Any] = {}
-        if compress:
-            from zarr.codecs import ZstdCodec
-
-            kwargs["compressors"] = [ZstdCodec(level=1)]
-        else:
-            kwargs["compressors"] = None
         arr = self.group.create_array(
             path,
             shape=(cap, *record_shape),
@@ -196,7 +181,7 @@ class StoreWriter:
             attributes=attrs or {},
             dimension_names=("record", *dims) if dims else None,
             chunk_key_encoding=layout.CHUNK_KEY_ENCODING,
-            **kwargs,
+            compressors=_compressors(compress),
         )
         return _RawArray(arr, self.group_dir / path, self.files)
 
@@ -291,7 +276,8 @@ class StoreWriter:
         self.scalar_rows += len(rows)
 
     def _scalar_column(self, name: str, dtype: Any, fill: Any) -> _Vector:
-        raw = self._create(f"{layout.SCALARS}/{name}", (), dtype, _SCALAR_CHUNK, fill)
+        path = f"{layout.SCALARS}/{scalar_key(name)}"
+        raw = self._create(path, (), dtype, _SCALAR_CHUNK, fill, attrs={"name": name})
         return _Vector(raw, _SCALAR_CHUNK, fill)
 
     # -- probe set ------------------------------------------------------------------
@@ -300,9 +286,17 @@ class StoreWriter:
         for name, data in (("X", x), ("Y", y)):
             if data is None:
                 continue
-            self.run_group.create_array(
-                f"probe/{name}", data=np.ascontiguousarray(data), config=_ARRAY_CONFIG
+            data = np.ascontiguousarray(data)
+            arr = self.run_group.create_array(
+                f"probe/{name}",
+                shape=data.shape,
+                chunks=tuple(max(1, d) for d in data.shape) or None,  # one chunk, checked
+                dtype=data.dtype,
+                config=_ARRAY_CONFIG,
+                chunk_key_encoding=layout.CHUNK_KEY_ENCODING,
+                compressors=_compressors(False),
             )
+            arr[...] = data
         meta = dict(self.run_group.attrs[layout.RUN_ATTR])  # type: ignore[arg-type]
         meta["probe"] = {"n": len(x), "has_y": y is not None}
         self.run_group.attrs[layout.RUN_ATTR] = meta
@@ -331,3 +325,6 @@ class StoreWriter:
     def close(self) -> None:
         """Flush queued scalars and commit."""
         self.flush_scalars()
+
+
+__all__ = ["StoreWriter", "create_or_open_root", "is_store_root"]
