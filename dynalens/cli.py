@@ -2,6 +2,9 @@
 
 ``dynalens info STORE [--run RUN] [--json]``
     What a store holds: runs, sites, steps, shapes, dtypes, bytes.
+``dynalens verify STORE [--run RUN] [--json]``
+    Check every committed record, checksum and metadata file; exit code 1 when anything
+    is damaged, 2 when the path is not a store.
 ``dynalens demo [--out DIR] [--epochs N]``
     The main job on the embedded default task (see :mod:`dynalens.demo`).
 ``dynalens reproduce NAME [--out DIR] [--quick] [--var-u PATH]``
@@ -65,6 +68,14 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _verify(args: argparse.Namespace) -> int:
+    from dynalens.probe.verify import verify_store
+
+    report = verify_store(args.store, args.run)
+    print(json.dumps(report.to_dict(), indent=2) if args.json else report)
+    return 0 if report.ok else 1
+
+
 def _demo(args: argparse.Namespace) -> int:
     from dynalens.demo import run_demo
 
@@ -99,6 +110,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", default=None, help="run name (default: the latest)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_info)
+    p = sub.add_parser(
+        "verify", help="check every committed record and checksum (exit 1 when damaged)"
+    )
+    p.add_argument("store", help="path of the store directory")
+    p.add_argument("--run", default=None, help="one run (default: every run)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_verify)
     p = sub.add_parser("demo", help="the main job on the embedded default task")
     p.add_argument("--out", default="out/demo", help="output folder (default out/demo)")
     p.add_argument("--epochs", type=int, default=None, help="training epochs (default: the demo's)")

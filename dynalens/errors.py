@@ -41,7 +41,14 @@ class StoreError(DynalensError, OSError):
 
 class DamagedStoreError(StoreError):
     """A committed record or a metadata file of a store is damaged (truncated, deleted,
-    checksum mismatch, invalid JSON) or names a path outside the store."""
+    checksum mismatch, invalid JSON) or names a path outside the store.
+
+    Attributes ``file`` (the damaged file), ``what`` (what it held) and ``reason`` say
+    which and why, for tools such as ``dynalens verify``."""
+
+    def __init__(self, message: str, *, file: str = "", what: str = "", reason: str = "") -> None:
+        super().__init__(message)
+        self.file, self.what, self.reason = file, what, reason
 
 
 class ReadOnlyStoreError(StoreError, PermissionError):
@@ -66,6 +73,15 @@ class MissingDependencyError(DynalensError, ImportError):
 
 class EstimatorRegimeError(DynalensError, ValueError):
     """An estimator was asked for an answer outside the regime where it is valid."""
+
+
+def note_cleanup_error(primary: BaseException, cleanup: BaseException) -> None:
+    """Record on ``primary`` that cleaning up after it failed with ``cleanup``, so the
+    first error stays the one raised and the second is not lost."""
+    name = type(cleanup).__name__
+    note = f"while cleaning up after this error, another was raised: {name}: {cleanup}"
+    if hasattr(primary, "add_note"):  # Python 3.11+
+        primary.add_note(note)
 
 
 def close_matches(name: str, options: Iterable[str], n: int = 3) -> str:

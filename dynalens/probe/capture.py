@@ -77,6 +77,7 @@ class StepBuffer:
     fired: set[str] = field(default_factory=set)
     grads_pending: set[str] = field(default_factory=set)
     extra_calls: dict[str, int] = field(default_factory=dict)
+    rows: int | None = None  # batch rows of the live batch (before sub-sampling)
 
     def put(self, path: str, t: torch.Tensor, site: Site, logical: str) -> None:
         attrs = {"site": site.name, "axes": list(site.axes or ()), "logical_dtype": logical}
@@ -90,6 +91,7 @@ class StepBuffer:
         self.fired.clear()
         self.grads_pending.clear()
         self.extra_calls.clear()
+        self.rows = None
 
 
 def site_axes(

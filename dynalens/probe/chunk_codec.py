@@ -118,7 +118,10 @@ def damaged(record: str, path: Path, reason: str) -> DamagedStoreError:
     return DamagedStoreError(
         f"{record} is damaged: {reason}: {path}. dynalens returns no value for it. The other "
         "records stay readable; `dynalens verify STORE` lists every damaged record. Read "
-        "around it (pass the steps you need), or restore the file from a backup."
+        "around it (pass the steps you need), or restore the file from a backup.",
+        file=str(path),
+        what=record,
+        reason=reason,
     )
 
 
@@ -127,7 +130,7 @@ def read_chunk(fmt: ChunkFormat, path: Path, out: np.ndarray, what: Callable[[],
     dtype), checked; ``what()`` names its content for the error message."""
     flat = out.reshape(-1)  # a view: ``out`` is C-contiguous
     try:
-        fmt.read(path, flat.nbytes, memoryview(flat).cast("B"))
+        fmt.read(path, flat.nbytes, memoryview(flat).cast("B"))  # type: ignore[arg-type]
     except ChunkDamage as exc:
         raise damaged(what(), path, str(exc)) from None
 

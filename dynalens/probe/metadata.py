@@ -30,7 +30,10 @@ def read_json(path: Path, *, missing_ok: bool = True) -> dict[str, Any]:
             return {}
         raise DamagedStoreError(
             f"the metadata file {path} is missing; the store is incomplete. Restore it from "
-            "a backup, or run `dynalens verify` on the store to see what else is damaged."
+            "a backup, or run `dynalens verify` on the store to see what else is damaged.",
+            file=str(path),
+            what="metadata",
+            reason="the file is missing",
         ) from None
     try:
         value = json.loads(text)
@@ -38,12 +41,18 @@ def read_json(path: Path, *, missing_ok: bool = True) -> dict[str, Any]:
         raise DamagedStoreError(
             f"the metadata file {path} is damaged (not valid JSON: {exc}); dynalens cannot "
             "tell what it described. Restore it from a backup; `dynalens verify STORE` "
-            "lists what else is damaged."
+            "lists what else is damaged.",
+            file=str(path),
+            what="metadata",
+            reason=f"not valid JSON ({exc})",
         ) from None
     if not isinstance(value, dict):
         raise DamagedStoreError(
             f"the metadata file {path} is damaged (a JSON {type(value).__name__}, not an "
-            "object). Restore it from a backup."
+            "object). Restore it from a backup.",
+            file=str(path),
+            what="metadata",
+            reason=f"a JSON {type(value).__name__}, not an object",
         )
     return value
 

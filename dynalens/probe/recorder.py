@@ -34,18 +34,37 @@ from torch.utils.hooks import RemovableHandle
 
 import dynalens
 from dynalens._validation import check_int, check_option
-from dynalens.errors import HookNotFiredError, InvalidParameterError, ShapeMismatchError
+from dynalens.errors import (
+    HookNotFiredError,
+    InvalidInputError,
+    InvalidParameterError,
+    ShapeMismatchError,
+    note_cleanup_error,
+)
 from dynalens.probe import distributed as dist_util
-from dynalens.probe import layout
+from dynalens.probe import layout, shutdown
 from dynalens.probe.background import BackgroundWriter
 from dynalens.probe.capture import StepBuffer, Subsampler, site_axes, snapshot
 from dynalens.probe.dtypes import STORAGE_DTYPES, torch_dtype
 from dynalens.probe.hooks import HookSet, first_tensor
+from dynalens.probe.names import check_path_name
 from dynalens.probe.schedules import Schedule, as_schedule
 from dynalens.probe.sites import Site, SiteSpec, resolve_sites
 from dynalens.probe.store import Store, open_store
 
 CAPTURE_KINDS = ("activations", "inputs", "gradients", "param_grads")
+#: step numbers are stored as int64
+MAX_STEP = 2**63 - 1
+
+
+def _check_not_meta(model: nn.Module) -> None:
+    meta = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if meta:
+        raise InvalidInputError(
+            f"the model has {len(meta)} parameter(s) or buffer(s) on the meta device (e.g. "
+            f"{meta[0]!r}): they hold no values, so there is nothing to record. Materialise "
+            "the model first (model.to_empty(device='cpu') and load its weights)."
+        )
 
 
 class Recorder:
@@ -102,6 +121,12 @@ class Recorder:
     ) -> None:
         self.model = model
         self.sites: dict[str, Site] = resolve_sites(model, sites)
+        _check_not_meta(model)
+        for name in self.sites:
+            check_path_name("site", name)
+        if run is not None:
+            check_path_name("run name", run)
+        max_pending = check_int("max_pending", max_pending, min=1)
         self.schedule = as_schedule(every)
         self.capture = tuple(
             dict.fromkeys(check_option("capture", c, CAPTURE_KINDS) for c in capture)
@@ -154,11 +179,13 @@ class Recorder:
                     self._hooks.on_output_grad(
                         site.module, self._grad_hook(site), when=self._grad_wanted(site)
                     )
-            self._next = check_int("start_step", start_step, min=0)
+            self._next = check_int("start_step", start_step, min=0, max=MAX_STEP)
             self._arm(self._next)
         except BaseException:
             self._abort()
             raise
+        self._failure: BaseException | None = None
+        shutdown.register(self)  # SIGTERM and interpreter exit commit what step() accepted
 
     # -- set-up helpers -------------------------------------------------------------
     @staticmethod
@@ -215,6 +242,23 @@ class Recorder:
         }
 
     # -- hooks (hot path: no validation beyond cheap checks) ----------------------------
+    def _guarded(self, fn: Callable[..., None]) -> Callable[..., None]:
+        """``fn`` as a hook that, when it raises, removes every hook of this Recorder and
+        stops it (what was committed stays) before the error reaches the user's loop."""
+
+        def hook(*args: Any) -> None:
+            try:
+                fn(*args)
+            except BaseException as exc:
+                self._failure = exc
+                try:
+                    self._abort()
+                except BaseException as cleanup:
+                    note_cleanup_error(exc, cleanup)
+                raise
+
+        return hook
+
     def _forward_hook(self, site: Site) -> Callable[[nn.Module, tuple[Any, ...], Any], None]:
         def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
             if not self._armed:
@@ -233,6 +277,8 @@ class Recorder:
                 buf.extra_calls[site.name] = buf.extra_calls.get(site.name, 0) + 1
                 return
             buf.fired.add(site.name)
+            if buf.rows is None and out.ndim:
+                buf.rows = int(out.shape[0])
             axes = site_axes(site, out, self._axes)
             if "activations" in self.capture:
                 t = snapshot(self._sub.apply(out.detach(), axes), self.dtype)
@@ -246,7 +292,7 @@ class Recorder:
             if "gradients" in self.capture and out.requires_grad:
                 buf.grads_pending.add(site.name)
 
-        return hook
+        return self._guarded(hook)
 
     def _grad_wanted(self, site: Site) -> Callable[[], bool]:
         def wanted() -> bool:
@@ -265,7 +311,7 @@ class Recorder:
             t = snapshot(self._sub.apply(grad.detach(), axes), self.dtype)
             self._buf.put(layout.array_path(layout.GRADIENTS, site.name), t, site, self._logical)
 
-        return hook
+        return self._guarded(hook)
 
     # -- the step protocol ---------------------------------------------------------------
     def _arm(self, step: int) -> None:
@@ -338,8 +384,8 @@ class Recorder:
         """
         self._bg.check()
         if self._closed:
-            raise InvalidParameterError("step() after close(); create a new Recorder.")
-        step = self._armed_step if step is None else check_int("step", step, min=0)
+            self._raise_closed("step()")
+        step = self._armed_step if step is None else check_int("step", step, min=0, max=MAX_STEP)
         if scalars:
             self.log(step, **scalars)
         if self._armed:
@@ -383,17 +429,34 @@ class Recorder:
                     "every record of a site must have the same shape. Pass rows=N (at most the "
                     "smallest batch) or use drop_last=True in the DataLoader."
                 )
-        ids = None
-        if sample_ids is not None:
-            ids_t = torch.as_tensor(sample_ids).reshape(-1)
-            rows = self._sub.row_index(len(ids_t))
-            ids = (ids_t if rows is None else ids_t[rows]).cpu().numpy()
+        ids = None if sample_ids is None else self._sample_ids(sample_ids, step)
         arrays = self._buf.arrays()
         self._bg.submit(self._writer.write_record, step, arrays, ids)
         if not self._first_record_done and self.rank == 0:
             self._first_record_done = True
             sites = {name: s.describe() for name, s in self.sites.items()}
             self._bg.submit(self._writer.update_run_meta, {"sites": sites})
+
+    def _sample_ids(self, sample_ids: Any, step: int) -> np.ndarray:
+        """``sample_ids`` checked against the live batch, sub-sampled like its rows."""
+        if isinstance(sample_ids, torch.Tensor):
+            sample_ids = sample_ids.detach().cpu().numpy()
+        ids = np.asarray(sample_ids)
+        if ids.dtype.kind not in "iu":
+            raise InvalidInputError(
+                f"sample_ids at step {step} must be integers (the data-set indices of the "
+                f"batch's rows); got an array of dtype {ids.dtype}. Pass e.g. the index tensor "
+                "your Dataset / sampler yields."
+            )
+        ids = ids.reshape(-1)
+        rows = self._buf.rows
+        if rows is not None and len(ids) != rows:
+            raise InvalidInputError(
+                f"sample_ids at step {step} has {len(ids)} entries but the recorded batch has "
+                f"{rows} rows; pass one data-set index per row of the batch."
+            )
+        keep = self._sub.row_index(len(ids))
+        return (ids if keep is None else ids[keep.numpy()]).astype(np.int64)
 
     def capture_param_grads(self) -> None:
         """Copy the sites' parameter gradients now (at a recorded step, once).
@@ -412,8 +475,12 @@ class Recorder:
 
     def log(self, step: int, **scalars: Any) -> None:
         """Add numbers to the scalar table at ``step`` (any step, recorded or not)."""
+        step = check_int("step", step, min=0, max=MAX_STEP)
+        if self._closed:
+            self._raise_closed("log()")
         values = {}
         for name, v in scalars.items():
+            check_path_name("scalar", name, allow_slash=True)
             try:
                 values[name] = float(v)
             except (TypeError, ValueError):
@@ -462,10 +529,21 @@ class Recorder:
         finally:
             self._abort()
 
+    def _raise_closed(self, call: str) -> None:
+        failure = getattr(self, "_failure", None)
+        if failure is not None:
+            raise InvalidParameterError(
+                f"{call} on a Recorder that stopped after an error in one of its hooks "
+                f"({type(failure).__name__}: {failure}); its hooks are removed and the steps "
+                "committed before stay readable. Fix the cause and create a new Recorder."
+            ) from failure
+        raise InvalidParameterError(f"{call} after close(); create a new Recorder.")
+
     def _abort(self) -> None:
         """Remove hooks and stop the writer (what was committed stays)."""
         self._closed = True
         self._armed = False
+        shutdown.unregister(self)
         hooks = getattr(self, "_hooks", None)
         if hooks is not None:
             hooks.remove()
@@ -480,8 +558,14 @@ class Recorder:
     def __enter__(self) -> Recorder:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
+        if exc is None:
+            self.close()
+            return
+        try:  # the error raised inside the block comes out on top
+            self.close()
+        except BaseException as cleanup:
+            note_cleanup_error(exc, cleanup)
 
     def __repr__(self) -> str:
         return (

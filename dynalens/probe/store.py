@@ -190,7 +190,9 @@ class Store:
                 step = f"step {int(self._record_steps(0, i + 1)[i])}"
             except StoreError:
                 step = "an unknown step (the step vector is damaged too)"
-            return f"the record of {step} (record {i}) of {path!r} in run {self.run!r} (rank {rank})"
+            return (
+                f"the record of {step} (record {i}) of {path!r} in run {self.run!r} (rank {rank})"
+            )
 
         out = read_records(fmt, self._dir(rank, path), tuple(arr.shape[1:]), idx, describe)
         return out if many else out[0]
@@ -465,7 +467,7 @@ class Store:
             arr = self._fresh(self._array(r, path), n)  # type: ignore[arg-type]
             record = tuple(int(d) for d in arr.shape[1:])
             empty = np.zeros((0,), np.dtype(str(arr.dtype)))
-            dtype = from_disk(empty, logical, as_torch=False).dtype
+            dtype = np.asarray(from_disk(empty, logical, as_torch=False)).dtype
 
             def load(block: np.ndarray, r: int = r, arr: zarr.Array = arr) -> np.ndarray:
                 out = self._read_records(r, path, arr, block.astype(np.int64))
@@ -520,6 +522,15 @@ class Store:
             col = np.asarray(table[c][...])  # type: ignore[index]
             cols[c] = col.astype(object) if col.dtype.kind == "T" else col
         return cols, attrs
+
+    # -- integrity ----------------------------------------------------------------------
+    def verify(self, *, all_runs: bool = False) -> Any:
+        """Read every committed record of this run (``all_runs``: of every run) and check
+        its checksum and every metadata file; returns a
+        :class:`~dynalens.probe.verify.VerifyReport` (``.ok``, ``.damaged``)."""
+        from dynalens.probe.verify import verify_store
+
+        return verify_store(self.path, None if all_runs else self.run)
 
     # -- summary ------------------------------------------------------------------------
     def info(self) -> dict[str, Any]:

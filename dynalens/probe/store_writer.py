@@ -32,6 +32,8 @@ def _compressors(zstd: bool) -> list[Any]:
     from zarr.codecs import Crc32cCodec, ZstdCodec
 
     return [ZstdCodec(level=1), Crc32cCodec()] if zstd else [Crc32cCodec()]
+
+
 _SCALAR_CHUNK = 4096
 _STEP_CHUNK = 1024
 
@@ -290,7 +292,7 @@ class StoreWriter:
             arr = self.run_group.create_array(
                 f"probe/{name}",
                 shape=data.shape,
-                chunks=tuple(max(1, d) for d in data.shape) or None,  # one chunk, checked
+                chunks=tuple(max(1, d) for d in data.shape) or "auto",  # one chunk, checked
                 dtype=data.dtype,
                 config=_ARRAY_CONFIG,
                 chunk_key_encoding=layout.CHUNK_KEY_ENCODING,
