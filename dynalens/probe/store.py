@@ -38,6 +38,7 @@ from dynalens.probe.chunk_codec import ChunkFormat, read_chunk, read_records, re
 from dynalens.probe.dtypes import from_disk
 from dynalens.probe.metadata import attributes, is_store_root, read_json
 from dynalens.probe.names import check_stored_name
+from dynalens.probe.scalar_table import merge_rows_by_step
 
 Array = np.ndarray | torch.Tensor
 
@@ -403,8 +404,9 @@ class Store:
 
     # -- the scalar table and the probe set ------------------------------------------
     def scalars(self, *, rank: int = 0) -> Any:
-        """The scalar table (step, loss, lr, ...): a pandas DataFrame when pandas is
-        installed, else a dict of numpy arrays."""
+        """The scalar table (step, loss, lr, ...), one row per step sorted by step (see
+        :mod:`dynalens.probe.scalar_table`): a pandas DataFrame when pandas is installed,
+        else a dict of numpy arrays."""
         rows = int(self._rank_state(rank).get("scalar_rows", 0))
         base = self._dir(rank, layout.SCALARS)
         cols: dict[str, np.ndarray] = {}
@@ -415,6 +417,7 @@ class Store:
                 name = str(arr.attrs.get("name", key))
                 path = f"{layout.SCALARS}/{key}"
                 cols[name] = self._read_vector(rank, path, arr, rows)
+        cols = merge_rows_by_step(cols)
         try:
             import pandas as pd
         except ImportError:
