@@ -26,9 +26,11 @@ def merge_rows_by_step(cols: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
             continue
         merged = np.full(len(steps), np.nan, dtype=np.float64)
         logged = ~np.isnan(values)
+        out[name] = merged
+        if not logged.any():
+            continue
         groups, rows = inverse[logged], order[logged]
         by_group = np.lexsort((rows, groups))  # within a step, in write order
         last = np.r_[groups[by_group][1:] != groups[by_group][:-1], True]
         merged[groups[by_group][last]] = values[logged][by_group][last]
-        out[name] = merged
     return out
