@@ -45,7 +45,9 @@ def format_info(info: dict[str, Any]) -> str:
         lines.append(
             f"probe   {info['probe']['n']} samples (X{', Y' if info['probe']['has_y'] else ''})"
         )
-    lines.append(f"sites   {len(info['sites'])}")
+    lines.append(f"sites   {len(info['sites'])}: {', '.join(info['sites'])}")
+    for pattern, names in info.get("site_patterns", {}).items():
+        lines.append(f"  {pattern!r} matched {len(names)}: {', '.join(names)}")
     width = max([len(a["site"]) for a in info["arrays"]] + [4])
     lines.append(
         f"  {'site':<{width}}  {'kind':<17} {'steps':>5}  {'shape':<18} {'dtype':<9} bytes"

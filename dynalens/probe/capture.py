@@ -49,11 +49,13 @@ class Subsampler:
         return self._subset("row", batch, self.rows)
 
     def apply(self, t: torch.Tensor, axes: tuple[str, ...]) -> torch.Tensor:
+        """``t`` with the kept rows (along its ``batch`` axis, else dim 0) and positions."""
         if t.ndim == 0:
             return t
-        rows = self.row_index(t.shape[0])
+        dim = batch_dim(axes, t.ndim)
+        rows = self.row_index(t.shape[dim])
         if rows is not None:
-            t = t.index_select(0, rows.to(t.device))
+            t = t.index_select(dim, rows.to(t.device))
         if self.positions is not None and "pos" in axes and len(axes) == t.ndim:
             dim = axes.index("pos")
             length = t.shape[dim]
@@ -61,6 +63,11 @@ class Subsampler:
                 pos = self._subset("pos", length, self.positions)
                 t = t.index_select(dim, pos.to(t.device))
         return t
+
+
+def batch_dim(axes: tuple[str, ...], ndim: int) -> int:
+    """The dimension of the batch axis (``"batch"`` in ``axes``, else 0)."""
+    return axes.index("batch") if len(axes) == ndim and "batch" in axes else 0
 
 
 def snapshot(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -78,6 +85,8 @@ class StepBuffer:
     grads_pending: set[str] = field(default_factory=set)
     extra_calls: dict[str, int] = field(default_factory=dict)
     rows: int | None = None  # batch rows of the live batch (before sub-sampling)
+    ragged: dict[str, int] = field(default_factory=dict)  # sites whose batch was too small
+    views: set[str] = field(default_factory=set)  # sites whose output was a view
 
     def put(self, path: str, t: torch.Tensor, site: Site, logical: str) -> None:
         attrs = {"site": site.name, "axes": list(site.axes or ()), "logical_dtype": logical}
@@ -92,6 +101,8 @@ class StepBuffer:
         self.grads_pending.clear()
         self.extra_calls.clear()
         self.rows = None
+        self.ragged.clear()
+        self.views.clear()
 
 
 def site_axes(

@@ -44,7 +44,7 @@ from dynalens.errors import (
 from dynalens.probe import distributed as dist_util
 from dynalens.probe import layout, shutdown
 from dynalens.probe.background import BackgroundWriter
-from dynalens.probe.capture import StepBuffer, Subsampler, site_axes, snapshot
+from dynalens.probe.capture import StepBuffer, Subsampler, batch_dim, site_axes, snapshot
 from dynalens.probe.dtypes import STORAGE_DTYPES, torch_dtype
 from dynalens.probe.hooks import HookSet, first_tensor
 from dynalens.probe.names import check_path_name
@@ -120,7 +120,8 @@ class Recorder:
         seed: int = 0,
     ) -> None:
         self.model = model
-        self.sites: dict[str, Site] = resolve_sites(model, sites)
+        self.site_patterns: dict[str, list[str]] = {}  # glob / type -> sites it matched
+        self.sites: dict[str, Site] = resolve_sites(model, sites, self.site_patterns)
         _check_not_meta(model)
         for name in self.sites:
             check_path_name("site", name)
@@ -128,6 +129,7 @@ class Recorder:
             check_path_name("run name", run)
         max_pending = check_int("max_pending", max_pending, min=1)
         self.schedule = as_schedule(every)
+        capture = (capture,) if isinstance(capture, str) else capture
         self.capture = tuple(
             dict.fromkeys(check_option("capture", c, CAPTURE_KINDS) for c in capture)
         )
@@ -170,11 +172,12 @@ class Recorder:
         self._closed = False
         self._flush_callbacks: OrderedDict[int, Callable[[], None]] = OrderedDict()
         self._warned_calls: set[str] = set()
+        self._warned_ragged: set[str] = set()
         self._first_record_done = False
         self._hooks = HookSet()
         try:
             for site in self.sites.values():
-                self._hooks.on_forward(site.module, self._forward_hook(site))
+                self._hooks.on_forward(site.module, self._forward_hook(site), with_kwargs=True)
                 if "gradients" in self.capture:
                     self._hooks.on_output_grad(
                         site.module, self._grad_hook(site), when=self._grad_wanted(site)
@@ -222,6 +225,7 @@ class Recorder:
         return {
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(),
             "sites": {name: s.describe() for name, s in self.sites.items()},
+            "site_patterns": self.site_patterns,
             "schedule": self.schedule.describe(),
             "capture": list(self.capture),
             "dtype": self._logical,
@@ -259,8 +263,10 @@ class Recorder:
 
         return hook
 
-    def _forward_hook(self, site: Site) -> Callable[[nn.Module, tuple[Any, ...], Any], None]:
-        def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+    def _forward_hook(self, site: Site) -> Callable[..., None]:
+        def hook(
+            module: nn.Module, args: tuple[Any, ...], output: Any, kwargs: dict[str, Any]
+        ) -> None:
             if not self._armed:
                 return
             out = first_tensor(output)
@@ -277,14 +283,22 @@ class Recorder:
                 buf.extra_calls[site.name] = buf.extra_calls.get(site.name, 0) + 1
                 return
             buf.fired.add(site.name)
-            if buf.rows is None and out.ndim:
-                buf.rows = int(out.shape[0])
             axes = site_axes(site, out, self._axes)
+            rows = int(out.shape[batch_dim(axes, out.ndim)]) if out.ndim else None
+            if buf.rows is None:
+                buf.rows = rows
+            if rows is not None and self._sub.rows is not None and rows < self._sub.rows:
+                buf.ragged[site.name] = rows  # a short (last) batch: not recorded this step
+                return
+            if out._base is not None:
+                buf.views.add(site.name)
             if "activations" in self.capture:
                 t = snapshot(self._sub.apply(out.detach(), axes), self.dtype)
                 buf.put(layout.array_path(layout.ACTIVATIONS, site.name), t, site, self._logical)
             if "inputs" in self.capture:
                 inp = first_tensor(args)
+                if inp is None:  # called with keyword arguments only
+                    inp = first_tensor(list(kwargs.values()))
                 if inp is not None:
                     in_axes = axes if inp.ndim == out.ndim else ("batch",) + ("",) * (inp.ndim - 1)
                     t = snapshot(self._sub.apply(inp.detach(), in_axes), self.dtype)
@@ -385,7 +399,20 @@ class Recorder:
         self._bg.check()
         if self._closed:
             self._raise_closed("step()")
-        step = self._armed_step if step is None else check_int("step", step, min=0, max=MAX_STEP)
+        if step is None:
+            step = self._armed_step
+        else:
+            step = check_int("step", step, min=0, max=MAX_STEP)
+            if step < self._armed_step:
+                raise InvalidParameterError(
+                    f"step() got step {step}, but the previous call was for step "
+                    f"{self._armed_step - 1} (or the Recorder started at start_step="
+                    f"{self._armed_step}): steps must increase, or two records share a step "
+                    "and reads return only one of them. An epoch loop that restarts "
+                    "enumerate() passes the same numbers again: pass a global step "
+                    "(e.g. epoch * len(loader) + i), or call rec.step() with no number to "
+                    "count steps for you."
+                )
         if scalars:
             self.log(step, **scalars)
         if self._armed:
@@ -397,18 +424,8 @@ class Recorder:
             silent = [s for s in self.sites if s not in self._buf.fired]
             if silent:
                 self._fail_liveness(silent, f"step {step}")
-            missing = [
-                s
-                for s in self._buf.grads_pending
-                if layout.array_path(layout.GRADIENTS, s) not in self._buf.tensors
-            ]
-            if missing:
-                warnings.warn(
-                    f"no gradient reached site(s) {missing} at step {step}: call rec.step() "
-                    "after loss.backward(), and check that the loss depends on them.",
-                    stacklevel=3,
-                )
             self._checked = True
+        self._warn_missing_gradients(step)
         for name, n in self._buf.extra_calls.items():
             if name not in self._warned_calls:
                 self._warned_calls.add(name)
@@ -420,6 +437,7 @@ class Recorder:
                 )
         if "param_grads" in self.capture and not self._param_grads_taken:
             self.capture_param_grads()
+        ragged = self._drop_ragged(step)
         for path, (t, _) in self._buf.tensors.items():
             seen = self._shapes.setdefault(path, (tuple(t.shape), t.dtype))
             if seen != (tuple(t.shape), t.dtype):
@@ -429,7 +447,7 @@ class Recorder:
                     "every record of a site must have the same shape. Pass rows=N (at most the "
                     "smallest batch) or use drop_last=True in the DataLoader."
                 )
-        ids = None if sample_ids is None else self._sample_ids(sample_ids, step)
+        ids = None if sample_ids is None else self._sample_ids(sample_ids, step, ragged)
         arrays = self._buf.arrays()
         self._bg.submit(self._writer.write_record, step, arrays, ids)
         if not self._first_record_done and self.rank == 0:
@@ -437,8 +455,67 @@ class Recorder:
             sites = {name: s.describe() for name, s in self.sites.items()}
             self._bg.submit(self._writer.update_run_meta, {"sites": sites})
 
-    def _sample_ids(self, sample_ids: Any, step: int) -> np.ndarray:
-        """``sample_ids`` checked against the live batch, sub-sampled like its rows."""
+    def _warn_missing_gradients(self, step: int) -> None:
+        """Warn at every recorded step where an expected gradient did not arrive."""
+        buf = self._buf
+        missing = [
+            s
+            for s in buf.grads_pending
+            if layout.array_path(layout.GRADIENTS, s) not in buf.tensors
+        ]
+        if not missing:
+            return
+        views = [s for s in missing if s in buf.views]
+        cause = (
+            f" The output of {views} is a view of another tensor (e.g. nn.Linear on a 3-d "
+            "input); an in-place op after the module (`h += x`, `h.mul_(...)`) replaces the "
+            "tensor the gradient hook sits on. Write it out of place (`h = h + x`)."
+            if views
+            else " Call rec.step() after loss.backward(), and check that the loss depends on them."
+        )
+        warnings.warn(
+            f"no gradient reached site(s) {missing} at step {step}, so no gradient is recorded "
+            f"for them at this step.{cause}",
+            stacklevel=4,
+        )
+
+    def _drop_ragged(self, step: int) -> bool:
+        """Drop this step's records of sites whose batch differs from their first
+        record's (a ragged last batch); warn once per site. True when any was dropped."""
+        buf = self._buf
+        dropped = dict(buf.ragged)
+        for path, (t, attrs) in list(buf.tensors.items()):
+            seen = self._shapes.get(path)
+            if seen is None or seen[0] == tuple(t.shape) or len(seen[0]) != t.ndim:
+                continue
+            dim = batch_dim(tuple(attrs.get("axes", ())), t.ndim)
+            others = [d for d in range(t.ndim) if d != dim]
+            if all(seen[0][d] == t.shape[d] for d in others):
+                del buf.tensors[path]
+                dropped[attrs["site"]] = int(t.shape[dim])
+        if dropped:
+            live = tuple(k + "/" for k in (layout.ACTIVATIONS, layout.GRADIENTS, layout.INPUTS))
+            buf.tensors = {
+                p: item
+                for p, item in buf.tensors.items()
+                if item[1]["site"] not in dropped or not p.startswith(live)
+            }
+            new = sorted(set(dropped) - self._warned_ragged)
+            self._warned_ragged.update(new)
+            if new:
+                warnings.warn(
+                    f"step {step}: the batch of {dropped[new[0]]} rows differs from the batch "
+                    f"size of earlier records of site(s) {new} (a ragged last batch?); this "
+                    "step is not recorded for them, and later such steps are skipped the same "
+                    "way (store.steps(site) lists what was recorded). Pass rows=N (at most the "
+                    "smallest batch) to record every step, or use drop_last=True.",
+                    stacklevel=4,
+                )
+        return bool(dropped)
+
+    def _sample_ids(self, sample_ids: Any, step: int, ragged: bool) -> np.ndarray | None:
+        """``sample_ids`` checked against the live batch, sub-sampled like its rows
+        (``None`` at a ragged step, whose rows are not recorded)."""
         if isinstance(sample_ids, torch.Tensor):
             sample_ids = sample_ids.detach().cpu().numpy()
         ids = np.asarray(sample_ids)
@@ -455,6 +532,8 @@ class Recorder:
                 f"sample_ids at step {step} has {len(ids)} entries but the recorded batch has "
                 f"{rows} rows; pass one data-set index per row of the batch."
             )
+        if ragged:
+            return None
         keep = self._sub.row_index(len(ids))
         return (ids if keep is None else ids[keep.numpy()]).astype(np.int64)
 

@@ -5,11 +5,17 @@ transformer-lens models every hook point of ``model.hook_dict`` is a site too
 (``blocks.0.hook_resid_post``), aliases included. Sites are chosen by exact name, glob
 (``layers.*``) or module type (``nn.Linear``), and each declares its axes, which
 downstream code reads instead of guessing from names.
+
+Globs match module paths the way file globs match paths, with ``.`` as the separator:
+``*`` matches within one name level (``layers.*`` matches ``layers.0`` but not
+``layers.0.mlp``), ``**`` as a whole level matches any number of levels
+(``layers.**`` every module below ``layers``; ``**.mlp`` every ``mlp``), ``?`` one
+character and ``[...]`` a character class, both within a level.
 """
 
 from __future__ import annotations
 
-import fnmatch
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,8 +51,62 @@ def candidate_modules(model: nn.Module) -> dict[str, nn.Module]:
     return found
 
 
-def resolve_sites(model: nn.Module, spec: SiteSpec) -> dict[str, Site]:
+def _level_regex(level: str) -> str:
+    """One name level of a glob: ``*``, ``?`` and ``[...]`` never cross a ``.``."""
+    out, i = [], 0
+    while i < len(level):
+        ch = level[i]
+        close = level.find("]", i + 2) if ch == "[" else -1
+        if ch == "*":
+            out.append("[^.]*")
+        elif ch == "?":
+            out.append("[^.]")
+        elif close > 0:  # a character class [abc], [0-9] or [!abc]
+            body = level[i + 1 : close]
+            negate = body.startswith("!")
+            body = re.escape(body[1:] if negate else body).replace("\\-", "-")
+            out.append(f"[^.{body}]" if negate else f"[{body}]")
+            i = close
+        else:
+            out.append(re.escape(ch))
+        i += 1
+    return "".join(out)
+
+
+def glob_regex(pattern: str) -> re.Pattern[str]:
+    """The regular expression of a site glob (see the module docstring)."""
+    levels = pattern.split(".")
+    out = []
+    for i, level in enumerate(levels):
+        first, last = i == 0, i == len(levels) - 1
+        if level == "**":
+            out.append(
+                r"[^.]+(?:\.[^.]+)*"
+                if first and last
+                else r"(?:[^.]+\.)*"
+                if first
+                else r"(?:\.[^.]+)+"
+                if last
+                else r"(?:\.[^.]+)*"
+            )
+            continue
+        if not first and not (levels[i - 1] == "**" and i - 1 == 0):
+            out.append(r"\.")
+        out.append(_level_regex(level))
+    return re.compile("".join(out) + r"\Z")
+
+
+def is_glob(name: str) -> bool:
+    return any(ch in name for ch in "*?[")
+
+
+def resolve_sites(
+    model: nn.Module, spec: SiteSpec, matched: dict[str, list[str]] | None = None
+) -> dict[str, Site]:
     """Turn a site spec into ``{name: Site}`` in model order.
+
+    ``matched``, when given, receives ``{pattern: [site names]}`` for every glob and
+    module type of the spec (what each one selected).
 
     Raises:
         SiteNotFoundError: a name or pattern matches no module (with close matches).
@@ -67,8 +127,9 @@ def resolve_sites(model: nn.Module, spec: SiteSpec) -> dict[str, Site]:
             hits = {n: m for n, m in modules.items() if isinstance(m, item)}
             what = f"module type {item.__name__}"
         elif isinstance(item, str):
-            if any(ch in item for ch in "*?["):
-                hits = {n: m for n, m in modules.items() if fnmatch.fnmatchcase(n, item)}
+            if is_glob(item):
+                regex = glob_regex(item)
+                hits = {n: m for n, m in modules.items() if regex.match(n)}
             else:
                 hits = {item: modules[item]} if item in modules else {}
             what = f"site {item!r}"
@@ -83,6 +144,9 @@ def resolve_sites(model: nn.Module, spec: SiteSpec) -> dict[str, Site]:
                 f"Sites: {listing(modules, limit=20)}."
             )
         chosen.update(hits)
+        if matched is not None and (not isinstance(item, str) or is_glob(item)):
+            key = item if isinstance(item, str) else f"type {item.__name__}"
+            matched[key] = list(hits)
     order = {name: i for i, name in enumerate(modules)}
     return {
         name: Site(name, mod) for name, mod in sorted(chosen.items(), key=lambda kv: order[kv[0]])
@@ -90,11 +154,13 @@ def resolve_sites(model: nn.Module, spec: SiteSpec) -> dict[str, Site]:
 
 
 def default_axes(module: nn.Module, ndim: int, name: str = "") -> tuple[str, ...]:
-    """Axes of an output with ``ndim`` dimensions, batch first.
+    """Axes of an output with ``ndim`` dimensions.
 
     2-D ``(batch, feature)``; 3-D ``(batch, pos, feature)`` (sequence models, transformer
-    hook points); 4-D convolutional ``(batch, channel, height, width)``; 4-D attention
-    patterns ``(batch, head, query_pos, key_pos)``; otherwise ``(batch, dim1, ...)``.
+    hook points), ``(pos, batch, feature)`` for modules with ``batch_first=False``
+    (``nn.LSTM``, ``nn.MultiheadAttention``, ...); 4-D convolutional
+    ``(batch, channel, height, width)``; 4-D attention patterns
+    ``(batch, head, query_pos, key_pos)``; otherwise ``(batch, dim1, ...)``.
     """
     if ndim == 0:
         return ()
@@ -103,6 +169,8 @@ def default_axes(module: nn.Module, ndim: int, name: str = "") -> tuple[str, ...
     if ndim == 2:
         return ("batch", "feature")
     if ndim == 3:
+        if getattr(module, "batch_first", None) is False:  # RNNs, attention: (T, B, F)
+            return ("pos", "batch", "feature")
         return ("batch", "pos", "feature")
     if ndim == 4 and isinstance(module, _CONV_TYPES):
         return ("batch", "channel", "height", "width")

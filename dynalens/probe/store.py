@@ -79,6 +79,7 @@ class Store:
                 f"{str(self.path)!r} exists but is not a dynalens store (no zarr.json with a "
                 "'dynalens' attribute); pass the directory a Recorder wrote."
             )
+        run_given = run
         runs = self.runs
         if not runs:
             raise StoreError(f"store {str(self.path)!r} holds no run yet.")
@@ -90,7 +91,21 @@ class Store:
                 f"Runs: {listing(runs)}."
             )
         self.run = run
+        self._follow_latest = run_given is None
         self._arrays: dict[str, zarr.Array] = {}
+
+    def refresh(self) -> Store:
+        """Catch up with the store on disk: drop cached array handles and, when the Store
+        was opened without ``run=``, move to the newest run (e.g. one a training process
+        started after this Store was opened). Reads need no refresh to see new steps of
+        the same run: every read re-reads the commit counter. Returns ``self``."""
+        if self._follow_latest:
+            runs = self.runs
+            if runs and runs[-1] != self.run:
+                self.run = runs[-1]
+                self.__dict__.pop("world_size", None)
+        self._arrays.clear()
+        return self
 
     # -- runs and metadata ------------------------------------------------------------
     @property
@@ -574,6 +589,7 @@ class Store:
             "committed_steps": n,
             "steps": self.steps().tolist(),
             "sites": meta.get("sites", {}),
+            "site_patterns": meta.get("site_patterns", {}),
             "arrays": arrays,
             "bytes": sum(a["bytes"] for a in arrays),
             "scalars": list(names),

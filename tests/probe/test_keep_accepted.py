@@ -113,15 +113,44 @@ def test_store_creation_is_one_atomic_write(tmp_path, monkeypatch, mlp):
 
 def test_an_error_inside_a_hook_removes_every_hook(tmp_path, mlp, data):
     x, y = data
-    rec = dynalens.Recorder(mlp, tmp_path / "s", sites="fc*", every=1, rows=4)
-    train(mlp, rec, x, y, steps=2)
+    # axes= names three axes for fc2's 2-d output: the hook raises at its first capture
+    rec = dynalens.Recorder(
+        mlp, tmp_path / "s", sites="fc*", every=[0, 1, 5], axes={"fc2": ("b", "p", "f")}
+    )
     assert hook_count(mlp) > 0
-    with pytest.raises(InvalidInputError, match="smaller than rows=4"):
-        mlp(x[:3])  # a batch of 3 rows with rows=4
+    with pytest.raises(InvalidInputError, match="name 3 axes"):
+        train(mlp, rec, x, y, steps=1)
     assert hook_count(mlp) == 0
     with pytest.raises(InvalidParameterError, match="stopped after an error in one of its hooks"):
-        rec.step(2)
-    assert dynalens.open_store(tmp_path / "s").steps().tolist() == [0, 1]
+        rec.step(0)
+
+
+def test_a_ragged_last_batch_is_skipped_with_a_warning_not_an_abort(tmp_path, mlp, data):
+    x, y = data
+    opt = torch.optim.SGD(mlp.parameters(), lr=0.1)
+    for rows in (None, 4):
+        path = tmp_path / f"rows{rows}"
+        rec = dynalens.Recorder(mlp, path, sites="fc*", every=1, rows=rows, run="r")
+        step = 0
+        with pytest.warns(UserWarning, match="ragged last batch") as seen:
+            for _epoch in range(2):
+                for start in range(0, 19, 8):  # batches of 8, 8, 3
+                    idx = torch.arange(start, min(start + 8, 19))
+                    loss = nn.functional.cross_entropy(mlp(x[idx]), y[idx])
+                    opt.zero_grad()
+                    loss.backward()
+                    opt.step()
+                    rec.step(step, loss=loss.item(), sample_ids=idx)
+                    step += 1
+        rec.close()
+        assert sum("ragged" in str(w.message) for w in seen) == 1  # once per site set
+        store = dynalens.open_store(path)
+        assert store.steps().tolist() == list(range(6))  # every step is in the table
+        assert store.steps("fc1").tolist() == [0, 1, 3, 4]  # the short batches are not
+        assert store.activations("fc1", source="batch").shape == (4, rows or 8, 8)
+        assert store.sample_ids().shape == (4, rows or 8)
+        assert len(store.scalars()) == 6
+        assert hook_count(mlp) == 0
 
 
 def test_an_error_in_the_with_block_comes_out_on_top(tmp_path, mlp, data, monkeypatch):
