@@ -40,17 +40,21 @@ Example:
 from __future__ import annotations
 
 import warnings
+import weakref
 from collections.abc import Callable, Iterable
 from typing import Any, Literal
 
 import numpy as np
 import torch
 from torch import nn
+from torch.utils._pytree import tree_flatten
 from torch.utils.hooks import RemovableHandle
 
 from dynalens._validation import check_float, check_option
 from dynalens.dynamics._pass_log import PassLog
 from dynalens.dynamics._plan import Call, FuncRule, Rule, plan_modules
+from dynalens.dynamics._replay import replay_spec
+from dynalens.dynamics._rules import EmbeddingRule
 from dynalens.dynamics.grad_capture import CaptureMeans, GradCapture, LazyMeans, resolve_means
 from dynalens.errors import HookNotFiredError, InvalidInputError, InvalidParameterError, listing
 from dynalens.kernels.ghost_norm import Workspace
@@ -116,6 +120,7 @@ class PerExampleGradNorms:
         self._layouts: dict[tuple, Any] = {}  # record signature -> MeansLayout (or None)
         self._hook_fns: tuple[list[Any], list[Any]] | None = None
         self._log = PassLog()
+        self._pass_batch: int | None = None  # examples in the current forward (root input)
         self._attached = False
 
     # ------------------------------------------------------------------ attach
@@ -179,9 +184,10 @@ class PerExampleGradNorms:
         self._calls = [0] * len(plan)  # forward calls per module in the current pass
         modules = []
         if self.capture_examples:
-            for slot, (_, m, rule, own) in enumerate(plan):
+            for slot, (mname, m, rule, own) in enumerate(plan):
                 early = not isinstance(rule, FuncRule) and all(uses[id(p)] == 1 for _, p in own)
-                modules.append((m, rule, [(local, id(p)) for local, p in own], slot, early))
+                entries = [(local, id(p)) for local, p in own]
+                modules.append((mname, m, rule, entries, slot, early))
         ids = [i for i in params if i in measured]
         self._hook_plan = (modules, [(params[i], pname[i], k) for k, i in enumerate(ids)])
         if self.hooks is None:
@@ -200,16 +206,25 @@ class PerExampleGradNorms:
         modules, params = self._hook_plan
         if self._hook_fns is None:  # made once, registered at every hooks_on
             slot_of: dict[int, int] = {}
-            fwd = []
-            for m, rule, entries, slot, early in modules:
-                replay = isinstance(rule, FuncRule)  # replays the call: needs its keywords
-                fwd.append((m, self._forward_hook(rule, entries, slot, early), replay))
+            fwd: list[tuple[nn.Module, Any, Any]] = []
+            for mname, m, rule, entries, slot, early in modules:
+                kw = isinstance(rule, FuncRule) or rule.keywords  # replays read keywords
+                if isinstance(rule, EmbeddingRule):  # broadcast (1, T) indices: per example
+                    fwd.append((m, self._expand_hook(), "view"))
+                fwd.append((m, self._forward_hook(rule, entries, slot, early, mname), kw))
                 slot_of.update((pid, slot) for _, pid in entries)
+            if any(kind == "view" for *_, kind in fwd):
+                fwd.insert(0, (self.model, self._batch_hook(), "pre"))
             grads = [(p, self._param_hook(p, name, k, slot_of.get(id(p), -1)))
                      for p, name, k in params]  # fmt: skip
             self._hook_fns = (fwd, grads)
-        for m, fn, replay in self._hook_fns[0]:
-            self._fwd_handles.append(hooks.on_forward(m, fn, with_kwargs=replay))
+        for m, fn, kind in self._hook_fns[0]:
+            if kind == "view":
+                self._fwd_handles.append(hooks.on_forward_view(m, fn))
+            elif kind == "pre":
+                self._fwd_handles.append(hooks.on_forward_pre(m, fn))
+            else:
+                self._fwd_handles.append(hooks.on_forward(m, fn, with_kwargs=bool(kind)))
         for p, hook in self._hook_fns[1]:
             self._handles.append(p.register_hook(hook))
 
@@ -261,9 +276,12 @@ class PerExampleGradNorms:
 
     # ------------------------------------------------------------------- hooks
     def _forward_hook(
-        self, rule: Rule, entries: list[tuple[str, int]], slot: int, early: bool
+        self, rule: Rule, entries: list[tuple[str, int]], slot: int, early: bool, mname: str
     ) -> Callable[..., None]:
         calls = self._calls
+        if isinstance(rule, FuncRule):
+            return self._replay_hook(rule, entries, slot, mname)
+        keywords = rule.keywords
 
         def fwd(
             mod: nn.Module, args: tuple[Any, ...], out: Any, kwargs: dict[str, Any] | None = None
@@ -273,7 +291,12 @@ class PerExampleGradNorms:
             t = out if isinstance(out, torch.Tensor) else first_tensor(out)
             if t is None or not t.requires_grad:
                 return
+            rule.check(mod, mname)
+            if keywords:
+                args = rule.positional(mod, args, kwargs or {})
             calls[slot] += 1
+            if t._is_view():  # an in-place op on it later would drop the hook: note it
+                self._log.views[slot] = (mname, weakref.ref(t), t._version)
 
             def on_grad(grad: torch.Tensor) -> None:
                 log = self._log
@@ -282,7 +305,7 @@ class PerExampleGradNorms:
                     for local, pid in entries:
                         log.ready[pid] = sqs[local]
                     return
-                call = Call(rule, mod, args, grad, kwargs)
+                call = Call(rule, mod, args, grad)
                 pending = log.pending
                 for local, pid in entries:
                     pending[pid].append((call, local))
@@ -290,6 +313,88 @@ class PerExampleGradNorms:
             t.register_hook(on_grad)
 
         return fwd
+
+    def _replay_hook(
+        self, rule: FuncRule, entries: list[tuple[str, int]], slot: int, mname: str
+    ) -> Callable[..., None]:
+        """Forward hook of a module measured by the torch.func replay: every output that
+        requires grad gets a tensor hook; the call is queued when the first gradient comes
+        and re-evaluated if another output's gradient comes after it was evaluated."""
+        calls = self._calls
+
+        def fwd(
+            mod: nn.Module, args: tuple[Any, ...], out: Any, kwargs: dict[str, Any] | None = None
+        ) -> None:
+            if not self.active or self._busy:
+                return
+            leaves = tree_flatten(out)[0]
+            outs = [
+                (k, t) for k, t in enumerate(leaves)
+                if isinstance(t, torch.Tensor) and t.requires_grad
+            ]  # fmt: skip
+            if not outs:
+                return
+            spec = replay_spec(mod, mname, args, kwargs or {}, out)  # refuses what it cannot
+            calls[slot] += 1
+            call = Call(rule, mod, args, [None] * len(leaves), spec)
+            queued = [False]
+
+            def hook_for(k: int) -> Callable[[torch.Tensor], None]:
+                def on_grad(grad: torch.Tensor) -> None:
+                    if spec.out_axes[k] is None:
+                        raise InvalidInputError(
+                            f"per-example gradients of module {mname!r}: gradient reached "
+                            f"its output {k} of shape {tuple(grad.shape)}, which has no "
+                            f"axis of the batch size {spec.batch}; the fallback cannot split "
+                            "it per example. Give the module a batched output."
+                        )
+                    call.add_grad(k, grad)
+                    if not queued[0]:
+                        queued[0] = True
+                        pending = self._log.pending
+                        for local, pid in entries:
+                            pending[pid].append((call, local))
+
+                return on_grad
+
+            for k, t in outs:
+                t.register_hook(hook_for(k))
+
+        return fwd
+
+    def _batch_hook(self) -> Callable[..., None]:
+        """Forward pre-hook on the model: the pass's batch size B is the first axis of the
+        first tensor the model is called with (positional, else keyword)."""
+
+        def pre(mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            t = first_tensor(args)
+            if t is None:
+                t = first_tensor(kwargs)
+            self._pass_batch = int(t.shape[0]) if t is not None and t.ndim else None
+
+        return pre
+
+    def _expand_hook(self) -> Callable[..., torch.Tensor | None]:
+        """An embedding called with broadcast ``(1, T)`` indices (GPT-2's and BERT's
+        position embeddings) returns ``(1, T, d)``, broadcast against the batch by its
+        consumer, so the gradient reaching it is already summed over the examples. The
+        hook hands the consumer the same values as an expanded ``(B, T, d)`` view instead
+        (what broadcasting computes anyway), so the gradient arrives per example."""
+
+        def view(mod: nn.Module, args: tuple[Any, ...], out: Any) -> torch.Tensor | None:
+            B = self._pass_batch
+            if not self.active or self._busy or B is None or B <= 1:
+                return None
+            idx = args[0] if args else None
+            if (
+                isinstance(out, torch.Tensor) and isinstance(idx, torch.Tensor)
+                and idx.ndim >= 2 and idx.shape[0] == 1 and out.shape[0] == 1
+                and out.requires_grad
+            ):  # fmt: skip
+                return out.expand(B, *out.shape[1:])
+            return None
+
+        return view
 
     def _param_hook(
         self, p: nn.Parameter, name: str, k: int, slot: int
@@ -313,7 +418,7 @@ class PerExampleGradNorms:
                     B = int(self.batch_size or 1)
                     log.record(k, grad, p.grad, None, B, self._coef(B), self.track_batch_grad)
                     return
-                sq = self._pending_sq(log, pid, name)
+                sq = self._pending_sq(log, pid, name, slot)
                 if sq is None:
                     return
             B = sq.shape[0]
@@ -321,12 +426,17 @@ class PerExampleGradNorms:
 
         return hook
 
-    def _pending_sq(self, log: PassLog, pid: int, name: str) -> torch.Tensor | None:
+    def _pending_sq(self, log: PassLog, pid: int, name: str, slot: int) -> torch.Tensor | None:
         """Norms of a parameter from its pending calls (summing per-example gradients
         over several calls); None (and noted) when no call was captured."""
         calls = log.pending.pop(pid, None)
         if not calls:
             log.missed.add(name)
+            view = log.views.get(slot)
+            if view is not None:  # was its output (a view) modified in place afterwards?
+                mname, ref, version = view
+                t = ref()
+                log.inplace[name] = (mname, None if t is None else t._version > version)
             return None
         self._busy = True
         try:
@@ -378,12 +488,7 @@ class PerExampleGradNorms:
     def collect(self, *, reset: bool = True) -> GradCapture:
         """The per-example norms and ``|G_B|²`` of the passes since the last collect."""
         if self._log.missed:
-            raise HookNotFiredError(
-                f"parameters {listing(self._log.missed)} received gradients, but no forward "
-                "call of the module that owns them was captured (a parent module used them "
-                "without calling the child, as nn.MultiheadAttention does with out_proj). "
-                "Name that parent in units=[...] so it is measured as one unit."
-            )
+            raise HookNotFiredError(missed_message(self._log.missed, self._log.inplace))
         cap = GradCapture()
         by_name = self._log.by_name(self.param_names_)
         lengths = {n: sum(rec.batch for _, rec in v) for n, v in by_name.items()}
@@ -415,6 +520,30 @@ class PerExampleGradNorms:
         if reset:
             self.reset()
         return cap
+
+
+def missed_message(missed: set[str], inplace: dict[str, tuple[str, bool | None]]) -> str:
+    """Why parameters got gradients but no per-example norms: the output of their module
+    was a view modified in place (its gradient hook dropped), or their module was not
+    called (a parent used the parameters directly)."""
+    if inplace:
+        mods = sorted({m for m, _ in inplace.values()})
+        sure = any(v for _, v in inplace.values())
+        return (
+            f"parameters {listing(inplace)} received gradients, but the gradient at the "
+            f"output of {listing(repr(m) for m in mods)} never arrived: that output is a view "
+            "(e.g. a Linear on a 3-D input reshapes its result) and it "
+            + ("was" if sure else "was probably")
+            + " modified in place after the module returned (e.g. `h += x` or "
+            "`h.add_(x)`), which replaces its autograd history and drops the hook dynalens "
+            "put on it. Write the update out of place (`h = h + x`)."
+        )
+    return (
+        f"parameters {listing(missed)} received gradients, but no forward call of the "
+        "module that owns them was captured (a parent module used them without calling "
+        "the child, as nn.MultiheadAttention does with out_proj). Name that parent in "
+        "units=[...] so it is measured as one unit."
+    )
 
 
 def per_example_sq_norms(
