@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from dynalens.dynamics._replay import ReplaySpec
+from dynalens.dynamics._replay import ReplaySpec, time_major_transformer
 from dynalens.dynamics._rules import FuncRule, Rule, rule_for, squared_norms
 from dynalens.errors import InvalidParameterError, listing
 
@@ -96,7 +96,7 @@ def plan_modules(model: nn.Module, units: Iterable[str], policy: str) -> list[Pl
     for mname, m in model.named_modules():
         if any(c == "" or mname.startswith(c + ".") for c in covered):
             continue  # inside an opaque unit ("" : the root covers every module)
-        opaque = isinstance(m, OPAQUE) or mname in units
+        opaque = isinstance(m, OPAQUE) or mname in units or time_major_transformer(m)
         own = [(n, p) for n, p in m.named_parameters(recurse=opaque) if p.requires_grad]
         if opaque:
             covered.add(mname)

@@ -92,12 +92,25 @@ class Bound:
         return tuple(items[: self.n_positional]), dict(list(named.items())[self.n_positional :])
 
 
+_TRANSFORMERS = (
+    nn.Transformer, nn.TransformerEncoder, nn.TransformerDecoder, nn.TransformerEncoderLayer,
+    nn.TransformerDecoderLayer,
+)  # fmt: skip
+
+
 def _time_axis(module: nn.Module) -> int:
     bf = getattr(module, "batch_first", None)
-    if bf is None:
-        attn = getattr(module, "self_attn", None)
+    if bf is None:  # transformer layers and containers: as their attention
+        attn = next((m for m in module.modules() if isinstance(m, nn.MultiheadAttention)), None)
         bf = getattr(attn, "batch_first", False)
     return 0 if bf else 1
+
+
+def time_major_transformer(module: nn.Module) -> bool:
+    """An nn.Transformer* module with ``batch_first=False``: its Linear and LayerNorm
+    children see ``(T, B, d)``, which their closed-form rules would split along time, so
+    the engine measures the whole module as one replayed unit (batch on axis 1)."""
+    return isinstance(module, _TRANSFORMERS) and _time_axis(module) == 1
 
 
 def _known_layout(module: nn.Module) -> tuple[dict[str, int | None], list[int | None]] | None:
@@ -110,6 +123,10 @@ def _known_layout(module: nn.Module) -> tuple[dict[str, int | None], list[int | 
         return {"query": t, "key": t, "value": t, "key_padding_mask": 0, "attn_mask": None}, [t, 0]
     if isinstance(module, (nn.TransformerEncoderLayer, nn.TransformerEncoder)):
         return {"src": t, "src_mask": None, "mask": None, "src_key_padding_mask": 0}, [t]
+    if isinstance(module, nn.Transformer):
+        axes0: dict[str, int | None] = {"src": t, "tgt": t, "src_key_padding_mask": 0}
+        axes0.update(tgt_key_padding_mask=0, memory_key_padding_mask=0)
+        return axes0, [t]  # the (T, T)/(T, S) masks are shared (None)
     if isinstance(module, (nn.TransformerDecoderLayer, nn.TransformerDecoder)):
         axes: dict[str, int | None] = {"tgt": t, "memory": t, "tgt_mask": None}
         axes.update(memory_mask=None, tgt_key_padding_mask=0, memory_key_padding_mask=0)
