@@ -83,7 +83,7 @@ def test_fallback_counts_gradient_reaching_attention_weights() -> None:
 
 
 @pytest.mark.parametrize("cls", [nn.RNN, nn.GRU, nn.LSTM])
-def test_time_major_rnn_split_along_batch_when_T_equals_B(cls: type[nn.RNNBase]) -> None:
+def test_time_major_rnn_split_along_batch_when_T_equals_B(cls: Any) -> None:
     """batch_first=False was split along time (T values for B examples; all wrong when
     T == B); RNN and GRU hit a raw torch.func error."""
     torch.manual_seed(0)
@@ -187,7 +187,7 @@ def test_generic_fallback_refuses_mask_whose_first_axis_is_ambiguous() -> None:
 
     model = Outer().double()
     x = torch.randn(5, 5, 4, dtype=torch.float64)  # T == B
-    with pytest.raises(InvalidInputError, match="argument 'mask' of shape \\(5, 5\\)"):
+    with pytest.raises(InvalidInputError, match=r"argument 'mask' of shape \(5, 5\)"):
         per_example_sq_norms(model, mse, x, torch.zeros_like(x), policy="fallback")
     x = torch.randn(5, 6, 4, dtype=torch.float64)  # T != B: the mask is shared, exact
     y = torch.zeros_like(x)
@@ -222,8 +222,9 @@ def test_embeddingbag_with_offsets_is_exact(mode: str, last: bool) -> None:
 
 def test_embeddingbag_max_with_offsets_refused_clearly() -> None:
     bag = nn.EmbeddingBag(9, 3, mode="max").double()
-    with PerExampleGradNorms(bag, policy="fallback"), pytest.raises(
-        InvalidInputError, match="offsets"
+    with (
+        PerExampleGradNorms(bag, policy="fallback"),
+        pytest.raises(InvalidInputError, match="offsets"),
     ):
         bag(torch.tensor([1, 2, 3, 4]), torch.tensor([0, 2]))
 
@@ -243,8 +244,9 @@ def test_units_root_counts_each_norm_once() -> None:
 
 def test_replay_refuses_active_dropout() -> None:
     layer = nn.TransformerEncoderLayer(8, 2, 16, batch_first=True)  # dropout 0.1, training
-    with PerExampleGradNorms(layer, policy="fallback", units=[""]), pytest.raises(
-        InvalidInputError, match="dropout is active"
+    with (
+        PerExampleGradNorms(layer, policy="fallback", units=[""]),
+        pytest.raises(InvalidInputError, match="dropout is active"),
     ):
         layer(torch.randn(3, 4, 8))
 
@@ -282,9 +284,10 @@ def test_noise_scale_monitor_on_gpt2_with_default_policy() -> None:
 def test_batchnorm_eval_is_exact_and_training_refused_with_true_reason() -> None:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(3, 3), nn.BatchNorm1d(3), nn.Linear(3, 2)).double()
-    model[1].running_mean.uniform_(-1, 1)
-    model[1].running_var.uniform_(0.5, 2)
-    with pytest.raises(InvalidParameterError, match="model.eval\\(\\)"):
+    bn: Any = model[1]
+    bn.running_mean.uniform_(-1, 1)
+    bn.running_var.uniform_(0.5, 2)
+    with pytest.raises(InvalidParameterError, match=r"model\.eval\(\)"):
         PerExampleGradNorms(model).attach()  # training mode: batch statistics
     model.eval()
     x, y = torch.randn(5, 3, dtype=torch.float64), torch.randn(5, 2, dtype=torch.float64)
