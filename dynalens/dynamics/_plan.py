@@ -16,8 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from dynalens.dynamics._replay import ReplaySpec, time_major_transformer
-from dynalens.dynamics._rules import FuncRule, Rule, rule_for, squared_norms
+from dynalens.dynamics._replay import FuncRule, ReplaySpec, time_major_transformer
+from dynalens.dynamics._rules import Rule, rule_for, squared_norms
 from dynalens.errors import InvalidParameterError, listing
 
 __all__ = ["OPAQUE", "Call", "FuncRule", "PlanEntry", "Rule", "plan_modules"]

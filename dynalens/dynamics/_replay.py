@@ -1,6 +1,6 @@
-"""Where the examples are in a module call, for the per-example replay of the fallback rule.
+"""The fallback rule: a module call replayed per example, and where the examples are in it.
 
-The torch.func fallback (:class:`dynalens.dynamics._rules.FuncRule`) replays one forward call
+The torch.func fallback (:class:`FuncRule`) replays one forward call
 of a module per example and backpropagates, for each example ``b``, the gradients that
 reached *every* output of the call (an LSTM's ``output`` and ``h_n``, nn.MultiheadAttention's
 attention weights) through the replay:
@@ -20,16 +20,18 @@ replay that would differ from the call (dropout active in training mode draws ne
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
-from torch.utils._pytree import tree_flatten
+from torch.utils._pytree import tree_flatten, tree_unflatten
 
+from dynalens.dynamics._rules import Rule
 from dynalens.errors import InvalidInputError
 
-__all__ = ["ReplaySpec", "replay_spec"]
+__all__ = ["FuncRule", "ReplaySpec", "replay_spec"]
 
 
 @dataclass
@@ -260,3 +262,80 @@ def replay_spec(
             in_axes.append(ax if isinstance(leaf, torch.Tensor) and leaf.ndim else None)
     loop = isinstance(module, nn.RNNBase)  # fused RNN kernels do not vmap on CPU
     return ReplaySpec(batch, in_axes, out_axes, call, loop)
+
+
+class FuncRule(Rule):
+    """``torch.func.vmap(grad)`` over the examples; the module is replayed per example.
+
+    For example ``b`` the replay backpropagates ``Σ_k ⟨y_k(x_b; θ), g_{k,b}⟩`` over every
+    output ``y_k`` of the call that received a gradient ``g_k``, with each argument and
+    output split along its batch axis (:func:`dynalens.dynamics._replay.replay_spec`).
+    Recurrent layers (whose fused kernels torch.func cannot vmap) are replayed by a loop
+    over the examples, one ``torch.autograd.grad`` each.
+    """
+
+    name = "torch.func"
+
+    def __init__(self, recurse: bool = False) -> None:
+        self.recurse = recurse
+
+    def per_example(  # type: ignore[override]
+        self,
+        module: Any,
+        inputs: tuple[Any, ...],
+        g: list[torch.Tensor | None],
+        spec: ReplaySpec,
+    ) -> dict[str, torch.Tensor]:
+        params = {
+            n: p.detach()
+            for n, p in module.named_parameters(recurse=self.recurse)
+            if p.requires_grad
+        }
+        leaves, tree = tree_flatten(list(spec.call.values.values()))
+        leaves = [x.detach() if isinstance(x, torch.Tensor) else x for x in leaves]
+        used = [k for k, gk in enumerate(g) if gk is not None]
+        grads = [g[k].detach() for k in used]  # type: ignore[union-attr]
+        g_axes = [spec.out_axes[k] for k in used]
+        if spec.loop:
+            return self._loop(module, params, leaves, tree, spec, used, grads, g_axes)
+        from torch.func import functional_call, grad, vmap
+
+        axes = spec.in_axes
+
+        def inner(p: dict[str, torch.Tensor], gs: list[torch.Tensor], *xs: Any) -> torch.Tensor:
+            xs1 = [x if a is None else x.unsqueeze(a) for x, a in zip(xs, axes)]
+            args, kw = spec.call.call_args(tree_unflatten(xs1, tree))
+            outs = tree_flatten(functional_call(module, p, args, kw))[0]
+            total = outs[used[0]].new_zeros(())
+            for k, gk, a in zip(used, gs, g_axes):
+                total = total + (outs[k] * gk.unsqueeze(a or 0)).sum()
+            return total
+
+        fn: Callable[..., dict[str, torch.Tensor]] = vmap(
+            grad(inner), in_dims=(None, list(g_axes), *axes)
+        )
+        return fn(params, grads, *leaves)
+
+    @staticmethod
+    def _loop(
+        module: Any, params: dict[str, torch.Tensor], leaves: list[Any], tree: Any,
+        spec: ReplaySpec, used: list[int], grads: list[torch.Tensor], g_axes: list[Any],
+    ) -> dict[str, torch.Tensor]:  # fmt: skip
+        from torch.func import functional_call
+
+        p_req = {n: p.clone().requires_grad_(True) for n, p in params.items()}
+        rows: dict[str, list[torch.Tensor]] = {n: [] for n in params}
+        for b in range(spec.batch):
+            xs = [x if a is None else x.narrow(a, b, 1) for x, a in zip(leaves, spec.in_axes)]
+            args, kw = spec.call.call_args(tree_unflatten(xs, tree))
+            with torch.enable_grad():
+                outs = tree_flatten(functional_call(module, p_req, args, kw))[0]
+                got = torch.autograd.grad(
+                    [outs[k] for k in used],
+                    list(p_req.values()),
+                    grad_outputs=[gk.narrow(a, b, 1) for gk, a in zip(grads, g_axes)],
+                    allow_unused=True,
+                )
+            for (n, p), gp in zip(p_req.items(), got):
+                rows[n].append(torch.zeros_like(p) if gp is None else gp)
+        return {n: torch.stack(v) for n, v in rows.items()}

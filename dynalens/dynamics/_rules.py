@@ -26,10 +26,17 @@ non-batch, non-feature positions):
   ``x̂`` recomputed from the input (exact, O(BTd)).
 * Conv2d (groups = 1, zero padding): ``W_b = G_b U_bᵀ`` with ``U_b = unfold(x_b)``, i.e. the
   Linear rule on the unfolded input with T = number of output positions.
-* Fallback: ``torch.func.vmap(grad)`` of ``⟨module(x_b), g_b⟩`` w.r.t. the module's own
-  parameters; any module whose examples are independent along dim 0, replayed with the
-  arguments of the call (keyword arguments included; tensors whose first axis is the
-  batch are split per example, anything else is passed whole).
+* transformers' ``Conv1D`` (GPT-2): a Linear with the weight transposed; same norms.
+* EmbeddingBag (sum / mean): ``‖E_b‖² = ‖g_b‖² Σ_v (Σ_{t∈b, x_t=v} c_t)²`` with ``c_t`` the
+  entry's weight (per-sample weight, 1, or 1/|bag|).
+* BatchNorm with running statistics (eval mode): an affine map, the LayerNorm rule with
+  ``x̂`` from the running mean and variance; refused at the call in training mode.
+* Fallback: ``torch.func.vmap(grad)`` of ``Σ_k ⟨y_k(x_b), g_{k,b}⟩`` over every output
+  ``y_k`` that received a gradient, w.r.t. the module's own parameters, the call replayed
+  per example with its arguments split along their batch axes
+  (:mod:`dynalens.dynamics._replay`: declared for recurrent, attention and transformer
+  layers, else from shapes, refused where ambiguous); recurrent layers by a loop of
+  ``torch.autograd.grad`` per example (their fused kernels do not vmap).
 
 Units: squared gradient of whatever loss was backpropagated; the engine rescales to
 ``‖∇l_i‖²``. All rules are exact up to rounding.
@@ -37,15 +44,12 @@ Units: squared gradient of whatever loss was backpropagated; the engine rescales
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
 from torch.nn import functional as F
-from torch.utils._pytree import tree_flatten, tree_unflatten
 
-from dynalens.dynamics._replay import ReplaySpec
 from dynalens.kernels.ghost_norm import Workspace, layer_sq_norms
 
 SqNorms = dict[str, torch.Tensor]
@@ -345,83 +349,6 @@ class Conv2dRule(Rule):
         if module.bias is not None:
             out["bias"] = gg.sum(1)
         return out
-
-
-class FuncRule(Rule):
-    """``torch.func.vmap(grad)`` over the examples; the module is replayed per example.
-
-    For example ``b`` the replay backpropagates ``Σ_k ⟨y_k(x_b; θ), g_{k,b}⟩`` over every
-    output ``y_k`` of the call that received a gradient ``g_k``, with each argument and
-    output split along its batch axis (:func:`dynalens.dynamics._replay.replay_spec`).
-    Recurrent layers (whose fused kernels torch.func cannot vmap) are replayed by a loop
-    over the examples, one ``torch.autograd.grad`` each.
-    """
-
-    name = "torch.func"
-
-    def __init__(self, recurse: bool = False) -> None:
-        self.recurse = recurse
-
-    def per_example(  # type: ignore[override]
-        self,
-        module: Any,
-        inputs: tuple[Any, ...],
-        g: list[torch.Tensor | None],
-        spec: ReplaySpec,
-    ) -> dict[str, torch.Tensor]:
-        params = {
-            n: p.detach()
-            for n, p in module.named_parameters(recurse=self.recurse)
-            if p.requires_grad
-        }
-        leaves, tree = tree_flatten(list(spec.call.values.values()))
-        leaves = [x.detach() if isinstance(x, torch.Tensor) else x for x in leaves]
-        used = [k for k, gk in enumerate(g) if gk is not None]
-        grads = [g[k].detach() for k in used]  # type: ignore[union-attr]
-        g_axes = [spec.out_axes[k] for k in used]
-        if spec.loop:
-            return self._loop(module, params, leaves, tree, spec, used, grads, g_axes)
-        from torch.func import functional_call, grad, vmap
-
-        axes = spec.in_axes
-
-        def inner(p: dict[str, torch.Tensor], gs: list[torch.Tensor], *xs: Any) -> torch.Tensor:
-            xs1 = [x if a is None else x.unsqueeze(a) for x, a in zip(xs, axes)]
-            args, kw = spec.call.call_args(tree_unflatten(xs1, tree))
-            outs = tree_flatten(functional_call(module, p, args, kw))[0]
-            total = outs[used[0]].new_zeros(())
-            for k, gk, a in zip(used, gs, g_axes):
-                total = total + (outs[k] * gk.unsqueeze(a or 0)).sum()
-            return total
-
-        fn: Callable[..., dict[str, torch.Tensor]] = vmap(
-            grad(inner), in_dims=(None, list(g_axes), *axes)
-        )
-        return fn(params, grads, *leaves)
-
-    @staticmethod
-    def _loop(
-        module: Any, params: dict[str, torch.Tensor], leaves: list[Any], tree: Any,
-        spec: ReplaySpec, used: list[int], grads: list[torch.Tensor], g_axes: list[Any],
-    ) -> dict[str, torch.Tensor]:  # fmt: skip
-        from torch.func import functional_call
-
-        p_req = {n: p.clone().requires_grad_(True) for n, p in params.items()}
-        rows: dict[str, list[torch.Tensor]] = {n: [] for n in params}
-        for b in range(spec.batch):
-            xs = [x if a is None else x.narrow(a, b, 1) for x, a in zip(leaves, spec.in_axes)]
-            args, kw = spec.call.call_args(tree_unflatten(xs, tree))
-            with torch.enable_grad():
-                outs = tree_flatten(functional_call(module, p_req, args, kw))[0]
-                got = torch.autograd.grad(
-                    [outs[k] for k in used],
-                    list(p_req.values()),
-                    grad_outputs=[gk.narrow(a, b, 1) for gk, a in zip(grads, g_axes)],
-                    allow_unused=True,
-                )
-            for (n, p), gp in zip(p_req.items(), got):
-                rows[n].append(torch.zeros_like(p) if gp is None else gp)
-        return {n: torch.stack(v) for n, v in rows.items()}
 
 
 def is_hf_conv1d(module: Any) -> bool:

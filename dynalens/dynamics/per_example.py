@@ -27,8 +27,16 @@ materialised per-example gradients. Scratch tensors of the rules live in one reu
 
 Modules without a rule are handled by ``policy``: ``"raise"`` (default), ``"warn"`` (skip
 them and list them in :attr:`PerExampleGradNorms.skipped_`) or ``"fallback"``
-(``torch.func.vmap(grad)``). BatchNorm in training mode couples the examples; its
-per-example gradients are undefined and it is refused except under ``"warn"``.
+(``torch.func.vmap(grad)`` over a replay of the call that backpropagates the gradient of
+every output; see :mod:`dynalens.dynamics._replay` for how the batch axis of each argument
+is found and which calls are refused). BatchNorm in training mode couples the examples;
+its per-example gradients are undefined and it is refused except under ``"warn"``; in eval
+mode it is an affine map with an exact rule.
+
+An embedding called with broadcast ``(1, T)`` indices (GPT-2's and BERT's position
+embeddings) hands its consumer an expanded ``(B, T, d)`` view of its output (the values
+broadcasting computes anyway; B is the first axis of the first tensor the model is called
+with), so its gradient arrives per example and its norms are exact.
 
 Example:
     >>> engine = PerExampleGradNorms(model, reduction="mean").attach()
@@ -40,25 +48,23 @@ Example:
 from __future__ import annotations
 
 import warnings
-import weakref
 from collections.abc import Callable, Iterable
 from typing import Any, Literal
 
 import numpy as np
 import torch
 from torch import nn
-from torch.utils._pytree import tree_flatten
 from torch.utils.hooks import RemovableHandle
 
 from dynalens._validation import check_float, check_option
+from dynalens.dynamics._module_hooks import batch_hook, expand_hook, forward_hook, missed_message
 from dynalens.dynamics._pass_log import PassLog
-from dynalens.dynamics._plan import Call, FuncRule, Rule, plan_modules
-from dynalens.dynamics._replay import replay_spec
+from dynalens.dynamics._plan import FuncRule, Rule, plan_modules
 from dynalens.dynamics._rules import EmbeddingRule
 from dynalens.dynamics.grad_capture import CaptureMeans, GradCapture, LazyMeans, resolve_means
 from dynalens.errors import HookNotFiredError, InvalidInputError, InvalidParameterError, listing
 from dynalens.kernels.ghost_norm import Workspace
-from dynalens.probe.hooks import HookSet, first_tensor
+from dynalens.probe.hooks import HookSet
 
 Policy = Literal["raise", "warn", "fallback"]
 POLICIES = ("raise", "warn", "fallback")
@@ -210,11 +216,11 @@ class PerExampleGradNorms:
             for mname, m, rule, entries, slot, early in modules:
                 kw = isinstance(rule, FuncRule) or rule.keywords  # replays read keywords
                 if isinstance(rule, EmbeddingRule):  # broadcast (1, T) indices: per example
-                    fwd.append((m, self._expand_hook(), "view"))
-                fwd.append((m, self._forward_hook(rule, entries, slot, early, mname), kw))
+                    fwd.append((m, expand_hook(self), "view"))
+                fwd.append((m, forward_hook(self, rule, entries, slot, early, mname), kw))
                 slot_of.update((pid, slot) for _, pid in entries)
             if any(kind == "view" for *_, kind in fwd):
-                fwd.insert(0, (self.model, self._batch_hook(), "pre"))
+                fwd.insert(0, (self.model, batch_hook(self), "pre"))
             grads = [(p, self._param_hook(p, name, k, slot_of.get(id(p), -1)))
                      for p, name, k in params]  # fmt: skip
             self._hook_fns = (fwd, grads)
@@ -275,127 +281,6 @@ class PerExampleGradNorms:
         self.detach()
 
     # ------------------------------------------------------------------- hooks
-    def _forward_hook(
-        self, rule: Rule, entries: list[tuple[str, int]], slot: int, early: bool, mname: str
-    ) -> Callable[..., None]:
-        calls = self._calls
-        if isinstance(rule, FuncRule):
-            return self._replay_hook(rule, entries, slot, mname)
-        keywords = rule.keywords
-
-        def fwd(
-            mod: nn.Module, args: tuple[Any, ...], out: Any, kwargs: dict[str, Any] | None = None
-        ) -> None:
-            if not self.active or self._busy:  # _busy: a fallback rule replays a forward
-                return
-            t = out if isinstance(out, torch.Tensor) else first_tensor(out)
-            if t is None or not t.requires_grad:
-                return
-            rule.check(mod, mname)
-            if keywords:
-                args = rule.positional(mod, args, kwargs or {})
-            calls[slot] += 1
-            if t._is_view():  # an in-place op on it later would drop the hook: note it
-                self._log.views[slot] = (mname, weakref.ref(t), t._version)
-
-            def on_grad(grad: torch.Tensor) -> None:
-                log = self._log
-                if early and calls[slot] == 1 and not torch.is_grad_enabled():
-                    sqs = rule.sq_norms(mod, args, grad)  # one call: its norms right away
-                    for local, pid in entries:
-                        log.ready[pid] = sqs[local]
-                    return
-                call = Call(rule, mod, args, grad)
-                pending = log.pending
-                for local, pid in entries:
-                    pending[pid].append((call, local))
-
-            t.register_hook(on_grad)
-
-        return fwd
-
-    def _replay_hook(
-        self, rule: FuncRule, entries: list[tuple[str, int]], slot: int, mname: str
-    ) -> Callable[..., None]:
-        """Forward hook of a module measured by the torch.func replay: every output that
-        requires grad gets a tensor hook; the call is queued when the first gradient comes
-        and re-evaluated if another output's gradient comes after it was evaluated."""
-        calls = self._calls
-
-        def fwd(
-            mod: nn.Module, args: tuple[Any, ...], out: Any, kwargs: dict[str, Any] | None = None
-        ) -> None:
-            if not self.active or self._busy:
-                return
-            leaves = tree_flatten(out)[0]
-            outs = [
-                (k, t) for k, t in enumerate(leaves)
-                if isinstance(t, torch.Tensor) and t.requires_grad
-            ]  # fmt: skip
-            if not outs:
-                return
-            spec = replay_spec(mod, mname, args, kwargs or {}, out)  # refuses what it cannot
-            calls[slot] += 1
-            call = Call(rule, mod, args, [None] * len(leaves), spec)
-            queued = [False]
-
-            def hook_for(k: int) -> Callable[[torch.Tensor], None]:
-                def on_grad(grad: torch.Tensor) -> None:
-                    if spec.out_axes[k] is None:
-                        raise InvalidInputError(
-                            f"per-example gradients of module {mname!r}: gradient reached "
-                            f"its output {k} of shape {tuple(grad.shape)}, which has no "
-                            f"axis of the batch size {spec.batch}; the fallback cannot split "
-                            "it per example. Give the module a batched output."
-                        )
-                    call.add_grad(k, grad)
-                    if not queued[0]:
-                        queued[0] = True
-                        pending = self._log.pending
-                        for local, pid in entries:
-                            pending[pid].append((call, local))
-
-                return on_grad
-
-            for k, t in outs:
-                t.register_hook(hook_for(k))
-
-        return fwd
-
-    def _batch_hook(self) -> Callable[..., None]:
-        """Forward pre-hook on the model: the pass's batch size B is the first axis of the
-        first tensor the model is called with (positional, else keyword)."""
-
-        def pre(mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-            t = first_tensor(args)
-            if t is None:
-                t = first_tensor(kwargs)
-            self._pass_batch = int(t.shape[0]) if t is not None and t.ndim else None
-
-        return pre
-
-    def _expand_hook(self) -> Callable[..., torch.Tensor | None]:
-        """An embedding called with broadcast ``(1, T)`` indices (GPT-2's and BERT's
-        position embeddings) returns ``(1, T, d)``, broadcast against the batch by its
-        consumer, so the gradient reaching it is already summed over the examples. The
-        hook hands the consumer the same values as an expanded ``(B, T, d)`` view instead
-        (what broadcasting computes anyway), so the gradient arrives per example."""
-
-        def view(mod: nn.Module, args: tuple[Any, ...], out: Any) -> torch.Tensor | None:
-            B = self._pass_batch
-            if not self.active or self._busy or B is None or B <= 1:
-                return None
-            idx = args[0] if args else None
-            if (
-                isinstance(out, torch.Tensor) and isinstance(idx, torch.Tensor)
-                and idx.ndim >= 2 and idx.shape[0] == 1 and out.shape[0] == 1
-                and out.requires_grad
-            ):  # fmt: skip
-                return out.expand(B, *out.shape[1:])
-            return None
-
-        return view
-
     def _param_hook(
         self, p: nn.Parameter, name: str, k: int, slot: int
     ) -> Callable[[torch.Tensor], None]:
@@ -500,9 +385,10 @@ class PerExampleGradNorms:
                     f"some parameters saw fewer examples than the others "
                     f"({listing(f'{n}: {k} of {N}' for n, k in bad.items())}): they were "
                     "unused in some backward passes, or their module ran on a batch that is "
-                    "broadcast later (e.g. a position embedding called with (1, T) indices), "
-                    "so their per-example gradients cannot be recovered from the module "
-                    "output. Use policy='warn' to leave them out, or collect() after each pass."
+                    "broadcast later (e.g. a custom module called on a (1, d) tensor), so "
+                    "their per-example gradients cannot be recovered from the module "
+                    "output. Use policy='warn' to leave them out of every statistic, or "
+                    "collect() after each pass."
                 )
             if bad and not self._warned_bad:
                 warnings.warn(
@@ -520,30 +406,6 @@ class PerExampleGradNorms:
         if reset:
             self.reset()
         return cap
-
-
-def missed_message(missed: set[str], inplace: dict[str, tuple[str, bool | None]]) -> str:
-    """Why parameters got gradients but no per-example norms: the output of their module
-    was a view modified in place (its gradient hook dropped), or their module was not
-    called (a parent used the parameters directly)."""
-    if inplace:
-        mods = sorted({m for m, _ in inplace.values()})
-        sure = any(v for _, v in inplace.values())
-        return (
-            f"parameters {listing(inplace)} received gradients, but the gradient at the "
-            f"output of {listing(repr(m) for m in mods)} never arrived: that output is a view "
-            "(e.g. a Linear on a 3-D input reshapes its result) and it "
-            + ("was" if sure else "was probably")
-            + " modified in place after the module returned (e.g. `h += x` or "
-            "`h.add_(x)`), which replaces its autograd history and drops the hook dynalens "
-            "put on it. Write the update out of place (`h = h + x`)."
-        )
-    return (
-        f"parameters {listing(missed)} received gradients, but no forward call of the "
-        "module that owns them was captured (a parent module used them without calling "
-        "the child, as nn.MultiheadAttention does with out_proj). Name that parent in "
-        "units=[...] so it is measured as one unit."
-    )
 
 
 def per_example_sq_norms(
