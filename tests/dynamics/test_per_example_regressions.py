@@ -260,6 +260,7 @@ def test_gpt2_works_with_default_policy_and_exact_position_embedding() -> None:
         assert engine.plan_["transformer.wpe"] == "embedding"
         logits = model(input_ids=x).logits
     assert torch.equal(logits, model(input_ids=x).logits)  # the expanded view: same values
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
     got = per_example_sq_norms(model, _lm_loss, x, x)
     want = per_example_reference(model, _lm_loss, x, x)
     close({"transformer.wpe.weight": got["transformer.wpe.weight"]},
