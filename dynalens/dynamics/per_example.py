@@ -36,7 +36,10 @@ mode it is an affine map with an exact rule.
 An embedding called with broadcast ``(1, T)`` indices (GPT-2's and BERT's position
 embeddings) hands its consumer an expanded ``(B, T, d)`` view of its output (the values
 broadcasting computes anyway; B is the first axis of the first tensor the model is called
-with), so its gradient arrives per example and its norms are exact.
+with), so its gradient arrives per example and its norms are exact. (An embedding whose
+``(1, T)`` output is not broadcast against the batch can be named in ``units=[...]``: it is
+then replayed as it was called, without the view, and its parameters are left out when
+they have no per-example gradient.)
 
 Example:
     >>> engine = PerExampleGradNorms(model, reduction="mean").attach()
