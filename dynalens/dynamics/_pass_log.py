@@ -44,7 +44,7 @@ class PassRecord(NamedTuple):
 class PassLog:
     """Records of one optimizer step (see the module docstring)."""
 
-    __slots__ = ("missed", "pending", "ready", "records", "rows", "scalars")
+    __slots__ = ("inplace", "missed", "pending", "ready", "records", "rows", "scalars", "views")
 
     def __init__(self) -> None:
         self.records: list[tuple[int, float, int, int, int]] = []  # PassRecord fields
@@ -53,6 +53,8 @@ class PassLog:
         self.pending: defaultdict[int, list[Any]] = defaultdict(list)  # forward calls
         self.ready: dict[int, torch.Tensor] = {}  # rows computed by output hooks
         self.missed: set[str] = set()
+        self.views: dict[int, tuple[str, Any, int]] = {}  # slot -> (module, weakref, version)
+        self.inplace: dict[str, tuple[str, bool | None]] = {}  # missed param -> (module, sure)
 
     def record(
         self,

@@ -16,7 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from dynalens.dynamics._rules import FuncRule, Rule, rule_for, squared_norms
+from dynalens.dynamics._replay import FuncRule, ReplaySpec, time_major_transformer
+from dynalens.dynamics._rules import Rule, rule_for, squared_norms
 from dynalens.errors import InvalidParameterError, listing
 
 __all__ = ["OPAQUE", "Call", "FuncRule", "PlanEntry", "Rule", "plan_modules"]
@@ -29,26 +30,30 @@ PlanEntry = tuple[str, nn.Module, Rule, list[tuple[str, nn.Parameter]]]
 
 
 class Call:
-    """One forward call of a module, completed by the gradient at its output."""
+    """One forward call of a module, completed by the gradient at its output.
 
-    __slots__ = ("_per_example", "_sq", "g", "inputs", "kwargs", "module", "rule")
+    For the torch.func rule ``g`` is the list of gradients of every output leaf of the
+    call (None where none arrived) and ``spec`` its batch layout.
+    """
+
+    __slots__ = ("_per_example", "_sq", "g", "inputs", "module", "rule", "spec")
 
     def __init__(
         self,
         rule: Rule,
         module: nn.Module,
         inputs: tuple[Any, ...],
-        g: torch.Tensor,
-        kwargs: dict[str, Any] | None = None,
+        g: Any,
+        spec: ReplaySpec | None = None,
     ):
         self.rule, self.module, self.inputs, self.g = rule, module, inputs, g
-        self.kwargs = kwargs
+        self.spec = spec
         self._sq: dict[str, torch.Tensor] | None = None
         self._per_example: dict[str, torch.Tensor] | None = None
 
     def sq(self, local: str) -> torch.Tensor:
         if self._sq is None:
-            if self.kwargs:  # a replayed call with keywords: from its per-example gradients
+            if self.spec is not None:  # a replayed call: from its per-example gradients
                 self._sq = squared_norms(self._grads())
             else:
                 self._sq = self.rule.sq_norms(self.module, self.inputs, self.g)
@@ -57,12 +62,18 @@ class Call:
     def per_example(self, local: str) -> torch.Tensor:
         return self._grads()[local]
 
+    def add_grad(self, k: int, grad: torch.Tensor) -> None:
+        """The gradient of output ``k`` arrived (replayed calls): results computed before
+        it are stale for the parameters whose hooks have not fired yet."""
+        self.g[k] = grad
+        self._sq = self._per_example = None
+
     def _grads(self) -> dict[str, torch.Tensor]:
         if self._per_example is None:
-            if self.kwargs:  # only the torch.func rule replays a call, and sees keywords
+            if self.spec is not None:
                 assert isinstance(self.rule, FuncRule)
                 self._per_example = self.rule.per_example(
-                    self.module, self.inputs, self.g, self.kwargs
+                    self.module, self.inputs, self.g, self.spec
                 )
             else:
                 self._per_example = self.rule.per_example(self.module, self.inputs, self.g)
@@ -72,9 +83,10 @@ class Call:
 def plan_modules(model: nn.Module, units: Iterable[str], policy: str) -> list[PlanEntry]:
     """``(module name, module, rule, own trainable parameters)`` for every module measured.
 
-    Opaque modules (``OPAQUE`` and the ``units`` named by the user) are one entry with all
-    their parameters and the torch.func rule; modules without a rule raise, warn or fall
-    back by ``policy``; batch-normalised ones are refused except under ``"warn"``.
+    Opaque modules (``OPAQUE`` and the ``units`` named by the user; ``""`` is the whole
+    model) are one entry with all their parameters and the torch.func rule; modules without
+    a rule raise, warn or fall back by ``policy``; BatchNorm in training mode (batch
+    statistics) is refused except under ``"warn"``, in eval mode it has an exact rule.
     """
     units = set(units)
     plan: list[PlanEntry] = []
@@ -82,23 +94,19 @@ def plan_modules(model: nn.Module, units: Iterable[str], policy: str) -> list[Pl
     batchnorm: list[str] = []
     covered: set[str] = set()
     for mname, m in model.named_modules():
-        if any(mname.startswith(c + ".") for c in covered):
-            continue
-        opaque = isinstance(m, OPAQUE) or mname in units
+        if any(c == "" or mname.startswith(c + ".") for c in covered):
+            continue  # inside an opaque unit ("" : the root covers every module)
+        opaque = isinstance(m, OPAQUE) or mname in units or time_major_transformer(m)
         own = [(n, p) for n, p in m.named_parameters(recurse=opaque) if p.requires_grad]
         if opaque:
             covered.add(mname)
         if not own:
             continue
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and (
+            m.training or m.running_mean is None
+        ):  # batch statistics: refused (eval BatchNorm is affine, its rule is exact)
             batchnorm.append(mname)
             continue
-        if isinstance(m, nn.MultiheadAttention) and not m.batch_first:
-            raise InvalidParameterError(
-                f"module {mname!r} is nn.MultiheadAttention with batch_first=False; "
-                "per-example gradients need the batch on dim 0. Build it with "
-                "batch_first=True."
-            )
         rule = None if opaque else rule_for(m)
         if rule is None:
             if mname in units or policy == "fallback":
@@ -110,15 +118,18 @@ def plan_modules(model: nn.Module, units: Iterable[str], policy: str) -> list[Pl
     skipped = list(batchnorm) + unsupported
     if batchnorm and policy != "warn":
         raise InvalidParameterError(
-            f"per-example gradients are undefined for batch-normalised modules "
-            f"({listing(batchnorm)}): batch statistics couple the examples. Use "
-            "GroupNorm/LayerNorm, or policy='warn' to skip them (their parameters are "
-            "then left out of every statistic)."
+            f"per-example gradients are undefined for BatchNorm normalising with batch "
+            f"statistics ({listing(batchnorm)}: training mode or track_running_stats=False): "
+            "the statistics couple the examples. Call model.eval() before attaching (eval "
+            "BatchNorm is an affine map, measured exactly), use GroupNorm/LayerNorm, or "
+            "policy='warn' to skip them (their parameters are then left out of every "
+            "statistic)."
         )
     if unsupported and policy == "raise":
         raise InvalidParameterError(
             f"no per-example gradient rule for {listing(unsupported)}; rules exist for "
-            "Linear, Embedding, LayerNorm, RMSNorm, GroupNorm and Conv2d (groups=1). "
+            "Linear, transformers' Conv1D, Embedding, EmbeddingBag (sum/mean), LayerNorm, "
+            "RMSNorm, GroupNorm, eval-mode BatchNorm and Conv2d (groups=1). "
             "Pass policy='fallback' to use torch.func.vmap(grad) for these modules, or "
             "policy='warn' to leave their parameters out."
         )

@@ -26,10 +26,17 @@ non-batch, non-feature positions):
   ``x̂`` recomputed from the input (exact, O(BTd)).
 * Conv2d (groups = 1, zero padding): ``W_b = G_b U_bᵀ`` with ``U_b = unfold(x_b)``, i.e. the
   Linear rule on the unfolded input with T = number of output positions.
-* Fallback: ``torch.func.vmap(grad)`` of ``⟨module(x_b), g_b⟩`` w.r.t. the module's own
-  parameters; any module whose examples are independent along dim 0, replayed with the
-  arguments of the call (keyword arguments included; tensors whose first axis is the
-  batch are split per example, anything else is passed whole).
+* transformers' ``Conv1D`` (GPT-2): a Linear with the weight transposed; same norms.
+* EmbeddingBag (sum / mean): ``‖E_b‖² = ‖g_b‖² Σ_v (Σ_{t∈b, x_t=v} c_t)²`` with ``c_t`` the
+  entry's weight (per-sample weight, 1, or 1/|bag|).
+* BatchNorm with running statistics (eval mode): an affine map, the LayerNorm rule with
+  ``x̂`` from the running mean and variance; refused at the call in training mode.
+* Fallback: ``torch.func.vmap(grad)`` of ``Σ_k ⟨y_k(x_b), g_{k,b}⟩`` over every output
+  ``y_k`` that received a gradient, w.r.t. the module's own parameters, the call replayed
+  per example with its arguments split along their batch axes
+  (:mod:`dynalens.dynamics._replay`: declared for recurrent, attention and transformer
+  layers, else from shapes, refused where ambiguous); recurrent layers by a loop of
+  ``torch.autograd.grad`` per example (their fused kernels do not vmap).
 
 Units: squared gradient of whatever loss was backpropagated; the engine rescales to
 ``‖∇l_i‖²``. All rules are exact up to rounding.
@@ -37,7 +44,6 @@ Units: squared gradient of whatever loss was backpropagated; the engine rescales
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -45,7 +51,6 @@ from torch import nn
 from torch.nn import functional as F
 
 from dynalens.kernels.ghost_norm import Workspace, layer_sq_norms
-from dynalens.probe.hooks import first_tensor
 
 SqNorms = dict[str, torch.Tensor]
 
@@ -59,6 +64,15 @@ class Rule:
 
     name = "rule"
     workspace: Workspace | None = None
+    #: the rule reads keyword arguments of the call (its hook is registered with_kwargs)
+    keywords = False
+
+    def positional(self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple:
+        """The call's inputs as the positional tuple :meth:`sq_norms` reads."""
+        return args
+
+    def check(self, module: Any, mname: str) -> None:
+        """Refuse (raise) a call this rule cannot measure exactly; run at forward time."""
 
     def sq_norms(self, module: Any, inputs: tuple[Any, ...], g: torch.Tensor) -> SqNorms:
         """``{local_param_name: [B]}`` squared norms (default: from :meth:`per_example`)."""
@@ -107,13 +121,29 @@ class LinearRule(Rule):
         return out
 
 
+class TransposedLinearRule(LinearRule):
+    """Hugging Face's ``Conv1D`` (GPT-2): ``y = x W + b`` with ``W`` of shape (d_in, d_out),
+    a Linear with a transposed weight; the norms are those of the Linear rule."""
+
+    name = "conv1d_hf"
+
+    def per_example(
+        self, module: Any, inputs: tuple[Any, ...], g: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        out = super().per_example(module, inputs, g)
+        out["weight"] = out["weight"].transpose(1, 2)
+        return out
+
+
 class EmbeddingRule(Rule):
     name = "embedding"
 
     @staticmethod
     def _flat(module: Any, inputs: tuple[Any, ...], g: torch.Tensor) -> tuple[Any, ...]:
         idx = inputs[0]
-        B = idx.shape[0]
+        B = g.shape[0]
+        if idx.shape[0] == 1 and B > 1:  # broadcast (1, T) indices, output expanded by the hook
+            idx = idx.expand(B, *idx.shape[1:])
         idx = idx.reshape(B, -1)
         gg = g.detach().reshape(B, idx.shape[1], -1)
         if module.padding_idx is not None:
@@ -140,6 +170,64 @@ class EmbeddingRule(Rule):
         out = gg.new_zeros(B, V, d)
         out.scatter_add_(1, idx[..., None].expand(-1, -1, d), gg)
         return {"weight": out}
+
+
+class EmbeddingBagRule(Rule):
+    """``nn.EmbeddingBag`` in mode ``"sum"`` / ``"mean"``: bag ``b`` is
+    ``Σ_{t∈b} c_t E[x_t]`` (``c_t``: ``per_sample_weights``, 1, or ``1/|b|`` over the
+    non-padding entries), so row ``v`` of its gradient is ``(Σ_{t∈b, x_t=v} c_t) g_b`` and
+    ``‖E_b‖² = ‖g_b‖² Σ_v (Σ_{t∈b, x_t=v} c_t)²`` (exact, O(N d) for N indices)."""
+
+    name = "embeddingbag"
+    keywords = True
+
+    def positional(self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple:
+        names = ("input", "offsets", "per_sample_weights")
+        vals = list(args) + [None] * (3 - len(args))
+        for k, v in kwargs.items():
+            vals[names.index(k)] = v
+        return tuple(vals)
+
+    @staticmethod
+    def _weights(module: Any, inputs: tuple[Any, ...], B: int) -> tuple[torch.Tensor, ...]:
+        """Flat ``(bag, index, c)`` of every entry of the call."""
+        idx, offsets, psw = inputs[0], inputs[1], inputs[2]
+        if idx.ndim == 2:
+            bag = torch.arange(B, device=idx.device)[:, None].expand_as(idx).reshape(-1)
+            idx = idx.reshape(-1)
+            psw = None if psw is None else psw.reshape(-1)
+        else:
+            starts = offsets[:-1] if module.include_last_offset else offsets
+            pos = torch.arange(idx.numel(), device=idx.device)
+            bag = torch.searchsorted(starts, pos, right=True) - 1
+        c = torch.ones(idx.shape, dtype=torch.float64, device=idx.device)
+        if psw is not None:
+            c = psw.detach().to(torch.float64)
+        if module.padding_idx is not None:
+            c = c * (idx != module.padding_idx)
+        if module.mode == "mean":
+            count = torch.zeros(B, dtype=torch.float64, device=idx.device)
+            count.index_add_(0, bag, (c != 0).to(torch.float64))
+            c = c / count.clamp(min=1)[bag]
+        return bag, idx, c
+
+    def sq_norms(self, module: Any, inputs: tuple[Any, ...], g: torch.Tensor) -> SqNorms:
+        gg = g.detach()
+        B, V = gg.shape[0], module.weight.shape[0]
+        bag, idx, c = self._weights(module, inputs, B)
+        uniq, inv = torch.unique(bag * V + idx, return_inverse=True)
+        per_key = c.new_zeros(uniq.numel()).index_add_(0, inv, c).pow(2)
+        mult = c.new_zeros(B).index_add_(0, torch.div(uniq, V, rounding_mode="floor"), per_key)
+        return {"weight": gg.pow(2).sum(1) * mult.to(gg.dtype)}
+
+    def per_example(
+        self, module: Any, inputs: tuple[Any, ...], g: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        gg = g.detach()
+        B, V = gg.shape[0], module.weight.shape[0]
+        bag, idx, c = self._weights(module, inputs, B)
+        coef = gg.new_zeros(B * V).index_add_(0, bag * V + idx, c.to(gg.dtype))
+        return {"weight": coef.reshape(B, V, 1) * gg[:, None, :]}
 
 
 class _AffineNormRule(Rule):
@@ -198,6 +286,37 @@ class GroupNormRule(_AffineNormRule):
         return F.group_norm(x, module.num_groups, None, None, module.eps)
 
 
+class BatchNormEvalRule(_AffineNormRule):
+    """BatchNorm normalising with its running statistics (eval mode): an affine map per
+    channel, ``x̂ = (x − μ_run)/√(σ²_run + ε)``, so ``γ_b = Σ_t g_t ⊙ x̂_t`` and
+    ``β_b = Σ_t g_t`` as for LayerNorm (exact). In training mode (or without running
+    statistics) the batch statistics couple the examples and the call is refused."""
+
+    name = "batchnorm_eval"
+
+    def check(self, module: Any, mname: str) -> None:
+        if module.training or module.running_mean is None:
+            from dynalens.errors import InvalidInputError
+
+            raise InvalidInputError(
+                f"per-example gradients are undefined for {mname!r} "
+                f"({type(module).__name__}) normalising with batch statistics (training "
+                "mode, or track_running_stats=False): the statistics couple the examples. "
+                "Call model.eval() (BatchNorm with running statistics is an affine map, "
+                "measured exactly), use GroupNorm/LayerNorm, or attach with policy='warn' "
+                "while it is in training mode to leave it out."
+            )
+
+    def reduce_dims(self, module: Any, x: torch.Tensor) -> tuple[int, ...]:
+        return tuple(range(2, x.ndim))
+
+    def xhat(self, module: Any, x: torch.Tensor) -> torch.Tensor:
+        shape = (1, -1) + (1,) * (x.ndim - 2)
+        mean = module.running_mean.reshape(shape)
+        var = module.running_var.reshape(shape)
+        return (x - mean) / torch.sqrt(var + module.eps)
+
+
 class Conv2dRule(Rule):
     name = "conv2d"
 
@@ -232,46 +351,15 @@ class Conv2dRule(Rule):
         return out
 
 
-class FuncRule(Rule):
-    """``torch.func.vmap(grad)`` over the examples; the module is replayed per example."""
-
-    name = "torch.func"
-
-    def __init__(self, recurse: bool = False) -> None:
-        self.recurse = recurse
-
-    def per_example(
-        self,
-        module: Any,
-        inputs: tuple[Any, ...],
-        g: torch.Tensor,
-        kwargs: dict[str, Any] | None = None,
-    ) -> dict[str, torch.Tensor]:
-        from torch.func import functional_call, grad, vmap
-
-        params = {
-            n: p.detach()
-            for n, p in module.named_parameters(recurse=self.recurse)
-            if p.requires_grad
-        }
-        B = g.shape[0]
-        names = list(kwargs or {})
-        values = [kwargs[n] for n in names] if kwargs else []
-        n_pos = len(inputs)
-        allargs = (*inputs, *values)  # keywords ride along as extra positional args
-        batched = [isinstance(x, torch.Tensor) and x.ndim > 0 and x.shape[0] == B for x in allargs]
-        in_dims = tuple(0 if b else None for b in batched)
-        args = tuple(x.detach() if isinstance(x, torch.Tensor) else x for x in allargs)
-
-        def inner(p: dict[str, torch.Tensor], g_b: torch.Tensor, *xs: Any) -> torch.Tensor:
-            xs1 = tuple(x.unsqueeze(0) if b else x for x, b in zip(xs, batched))
-            kw = dict(zip(names, xs1[n_pos:]))
-            out = first_tensor(functional_call(module, p, xs1[:n_pos], kw))
-            assert out is not None  # the hook only fires for tensor outputs
-            return (out * g_b.unsqueeze(0)).sum()
-
-        fn: Callable[..., dict[str, torch.Tensor]] = vmap(grad(inner), in_dims=(None, 0, *in_dims))
-        return fn(params, g.detach(), *args)
+def is_hf_conv1d(module: Any) -> bool:
+    """transformers' ``Conv1D`` (GPT-2, GPT): weight (nx, nf), ``y = x W + b``; recognised
+    without importing transformers."""
+    w = getattr(module, "weight", None)
+    return (
+        type(module).__name__ == "Conv1D"
+        and isinstance(w, torch.Tensor)
+        and tuple(w.shape) == (getattr(module, "nx", None), getattr(module, "nf", None))
+    )
 
 
 def conv2d_supported(module: nn.Conv2d) -> bool:
@@ -287,6 +375,12 @@ def rule_for(module: Any) -> Rule | None:
     """The closed-form rule for a module type, or None when only the fallback can do it."""
     if type(module) in (nn.Linear, nn.LazyLinear) or isinstance(module, nn.Linear):
         return LinearRule()
+    if is_hf_conv1d(module):
+        return TransposedLinearRule()
+    if isinstance(module, nn.EmbeddingBag):
+        return EmbeddingBagRule() if module.mode in ("sum", "mean") else None
+    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        return BatchNormEvalRule()
     if isinstance(module, nn.Embedding):
         return None if module.scale_grad_by_freq else EmbeddingRule()
     if isinstance(module, nn.LayerNorm):

@@ -160,13 +160,17 @@ class NoiseScaleEstimator:
 
     def estimate(self, model: nn.Module, loss_fn: LossFn, batches: Sequence[Any]) -> dict:
         """``{"trace_sigma", "grad_sq", "b_simple", "b_simple_low", "b_simple_high",
-        "n_batches", "batch_size", "per_param", ...}``; parameters and ``.grad`` untouched."""
+        "n_batches", "batch_size", "per_param", "left_out", ...}``; parameters and ``.grad``
+        untouched. ``left_out``: parameters without per-example norms (see ``policy``),
+        left out of every statistic (tr Σ, |G|² and B_simple are those of the others)."""
         batches = self._validate(model, batches)
+        self.left_out_: list[str] = []
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         names = [n for n, _ in named]
         stats = RatioStats(len(names) + 1)
         hstats = RatioStats(1) if self.hessian else None
-        sizes = []
+        sizes: list[float] = []
+        rows: list[tuple[np.ndarray, np.ndarray, float, float]] = []
         for k, (x, y) in enumerate(batches):
             if self.metric is not None:
                 small, big, bs, bb = self._weighted(model, loss_fn, x, y, named)
@@ -175,10 +179,7 @@ class NoiseScaleEstimator:
             else:
                 small, big, bs, bb = self._microbatch(model, loss_fn, x, y, named)
             sizes.append(bb)
-            tr, g2 = two_batch_estimates(
-                np.append(small, small.sum()), bs, np.append(big, big.sum()), bb
-            )
-            stats.update(tr, g2)
+            rows.append((small, big, bs, bb))
             if hstats is not None:
                 from dynalens.dynamics.hessian import noise_quadratic_forms
 
@@ -188,6 +189,13 @@ class NoiseScaleEstimator:
                 )
                 t, gg = two_batch_estimates(qs, b_s, qb, b_b)
                 hstats.update([t], [gg])
+        keep = np.array([n not in self.left_out_ for n in names], dtype=np.float64)
+        for small, big, bs, bb in rows:  # left out of every batch if left out of one
+            small, big = small * keep, big * keep
+            tr, g2 = two_batch_estimates(
+                np.append(small, small.sum()), bs, np.append(big, big.sum()), bb
+            )
+            stats.update(tr, g2)
         res = stats.compute(self.z)
         out: dict[str, Any] = {
             "trace_sigma": float(res["x"][-1]),
@@ -197,6 +205,7 @@ class NoiseScaleEstimator:
             "b_simple_high": float(res["high"][-1]),
             "n_batches": len(batches),
             "batch_size": float(np.mean(sizes)),
+            "left_out": list(self.left_out_),
             "per_param": {
                 n: {
                     "trace_sigma": float(res["x"][i]),
@@ -228,8 +237,14 @@ class NoiseScaleEstimator:
             B = losses.shape[0]
             grads = torch.autograd.grad(losses.sum(), [p for _, p in named], allow_unused=True)
             cap = engine.collect()
-        small = np.array([cap.per_example[n].mean().item() for n, _ in named])
-        big = np.array([_sq(g) / B**2 for g in grads])
+        # a parameter without per-example norms (skipped: no rule under policy='warn';
+        # excluded: broadcast batch) is left out of |G_B|² too, never of one side only
+        left_out = set(engine.skipped_) | set(engine.excluded_)
+        self.left_out_ = sorted(set(getattr(self, "left_out_", [])) | left_out)
+        small = np.array(
+            [0.0 if n in left_out else cap.per_example[n].mean().item() for n, _ in named]
+        )
+        big = np.array([0.0 if n in left_out else _sq(g) / B**2 for (n, _), g in zip(named, grads)])
         return small, big, 1.0, float(B)
 
     def _microbatch(self, model: nn.Module, loss_fn: LossFn, x: Any, y: Any, named: list) -> Any:
@@ -310,7 +325,8 @@ def gradient_noise_scale(
         dict with ``trace_sigma`` (tr Σ), ``grad_sq`` (|G|²), ``b_simple`` (their ratio,
         averaged before dividing), ``b_simple_low``/``b_simple_high`` (Fieller interval
         over batches), ``n_batches``, ``batch_size``, ``per_param`` (same three per
-        parameter), and with ``hessian=True`` also ``trace_h_sigma``, ``ghg``, ``b_noise``.
+        parameter), ``left_out`` (parameters left out of every statistic), and with
+        ``hessian=True`` also ``trace_h_sigma``, ``ghg``, ``b_noise``.
         The model's parameters and gradients are left as they were.
     """
     est = NoiseScaleEstimator(

@@ -27,8 +27,19 @@ materialised per-example gradients. Scratch tensors of the rules live in one reu
 
 Modules without a rule are handled by ``policy``: ``"raise"`` (default), ``"warn"`` (skip
 them and list them in :attr:`PerExampleGradNorms.skipped_`) or ``"fallback"``
-(``torch.func.vmap(grad)``). BatchNorm in training mode couples the examples; its
-per-example gradients are undefined and it is refused except under ``"warn"``.
+(``torch.func.vmap(grad)`` over a replay of the call that backpropagates the gradient of
+every output; see :mod:`dynalens.dynamics._replay` for how the batch axis of each argument
+is found and which calls are refused). BatchNorm in training mode couples the examples;
+its per-example gradients are undefined and it is refused except under ``"warn"``; in eval
+mode it is an affine map with an exact rule.
+
+An embedding called with broadcast ``(1, T)`` indices (GPT-2's and BERT's position
+embeddings) hands its consumer an expanded ``(B, T, d)`` view of its output (the values
+broadcasting computes anyway; B is the first axis of the first tensor the model is called
+with), so its gradient arrives per example and its norms are exact. (An embedding whose
+``(1, T)`` output is not broadcast against the batch can be named in ``units=[...]``: it is
+then replayed as it was called, without the view, and its parameters are left out when
+they have no per-example gradient.)
 
 Example:
     >>> engine = PerExampleGradNorms(model, reduction="mean").attach()
@@ -49,12 +60,14 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from dynalens._validation import check_float, check_option
+from dynalens.dynamics._module_hooks import batch_hook, expand_hook, forward_hook, missed_message
 from dynalens.dynamics._pass_log import PassLog
-from dynalens.dynamics._plan import Call, FuncRule, Rule, plan_modules
+from dynalens.dynamics._plan import FuncRule, Rule, plan_modules
+from dynalens.dynamics._rules import EmbeddingRule
 from dynalens.dynamics.grad_capture import CaptureMeans, GradCapture, LazyMeans, resolve_means
 from dynalens.errors import HookNotFiredError, InvalidInputError, InvalidParameterError, listing
 from dynalens.kernels.ghost_norm import Workspace
-from dynalens.probe.hooks import HookSet, first_tensor
+from dynalens.probe.hooks import HookSet
 
 Policy = Literal["raise", "warn", "fallback"]
 POLICIES = ("raise", "warn", "fallback")
@@ -116,6 +129,7 @@ class PerExampleGradNorms:
         self._layouts: dict[tuple, Any] = {}  # record signature -> MeansLayout (or None)
         self._hook_fns: tuple[list[Any], list[Any]] | None = None
         self._log = PassLog()
+        self._pass_batch: int | None = None  # examples in the current forward (root input)
         self._attached = False
 
     # ------------------------------------------------------------------ attach
@@ -179,9 +193,10 @@ class PerExampleGradNorms:
         self._calls = [0] * len(plan)  # forward calls per module in the current pass
         modules = []
         if self.capture_examples:
-            for slot, (_, m, rule, own) in enumerate(plan):
+            for slot, (mname, m, rule, own) in enumerate(plan):
                 early = not isinstance(rule, FuncRule) and all(uses[id(p)] == 1 for _, p in own)
-                modules.append((m, rule, [(local, id(p)) for local, p in own], slot, early))
+                entries = [(local, id(p)) for local, p in own]
+                modules.append((mname, m, rule, entries, slot, early))
         ids = [i for i in params if i in measured]
         self._hook_plan = (modules, [(params[i], pname[i], k) for k, i in enumerate(ids)])
         if self.hooks is None:
@@ -200,16 +215,25 @@ class PerExampleGradNorms:
         modules, params = self._hook_plan
         if self._hook_fns is None:  # made once, registered at every hooks_on
             slot_of: dict[int, int] = {}
-            fwd = []
-            for m, rule, entries, slot, early in modules:
-                replay = isinstance(rule, FuncRule)  # replays the call: needs its keywords
-                fwd.append((m, self._forward_hook(rule, entries, slot, early), replay))
+            fwd: list[tuple[nn.Module, Any, Any]] = []
+            for mname, m, rule, entries, slot, early in modules:
+                kw = isinstance(rule, FuncRule) or rule.keywords  # replays read keywords
+                if isinstance(rule, EmbeddingRule):  # broadcast (1, T) indices: per example
+                    fwd.append((m, expand_hook(self), "view"))
+                fwd.append((m, forward_hook(self, rule, entries, slot, early, mname), kw))
                 slot_of.update((pid, slot) for _, pid in entries)
+            if any(kind == "view" for *_, kind in fwd):
+                fwd.insert(0, (self.model, batch_hook(self), "pre"))
             grads = [(p, self._param_hook(p, name, k, slot_of.get(id(p), -1)))
                      for p, name, k in params]  # fmt: skip
             self._hook_fns = (fwd, grads)
-        for m, fn, replay in self._hook_fns[0]:
-            self._fwd_handles.append(hooks.on_forward(m, fn, with_kwargs=replay))
+        for m, fn, kind in self._hook_fns[0]:
+            if kind == "view":
+                self._fwd_handles.append(hooks.on_forward_view(m, fn))
+            elif kind == "pre":
+                self._fwd_handles.append(hooks.on_forward_pre(m, fn))
+            else:
+                self._fwd_handles.append(hooks.on_forward(m, fn, with_kwargs=bool(kind)))
         for p, hook in self._hook_fns[1]:
             self._handles.append(p.register_hook(hook))
 
@@ -260,37 +284,6 @@ class PerExampleGradNorms:
         self.detach()
 
     # ------------------------------------------------------------------- hooks
-    def _forward_hook(
-        self, rule: Rule, entries: list[tuple[str, int]], slot: int, early: bool
-    ) -> Callable[..., None]:
-        calls = self._calls
-
-        def fwd(
-            mod: nn.Module, args: tuple[Any, ...], out: Any, kwargs: dict[str, Any] | None = None
-        ) -> None:
-            if not self.active or self._busy:  # _busy: a fallback rule replays a forward
-                return
-            t = out if isinstance(out, torch.Tensor) else first_tensor(out)
-            if t is None or not t.requires_grad:
-                return
-            calls[slot] += 1
-
-            def on_grad(grad: torch.Tensor) -> None:
-                log = self._log
-                if early and calls[slot] == 1 and not torch.is_grad_enabled():
-                    sqs = rule.sq_norms(mod, args, grad)  # one call: its norms right away
-                    for local, pid in entries:
-                        log.ready[pid] = sqs[local]
-                    return
-                call = Call(rule, mod, args, grad, kwargs)
-                pending = log.pending
-                for local, pid in entries:
-                    pending[pid].append((call, local))
-
-            t.register_hook(on_grad)
-
-        return fwd
-
     def _param_hook(
         self, p: nn.Parameter, name: str, k: int, slot: int
     ) -> Callable[[torch.Tensor], None]:
@@ -313,7 +306,7 @@ class PerExampleGradNorms:
                     B = int(self.batch_size or 1)
                     log.record(k, grad, p.grad, None, B, self._coef(B), self.track_batch_grad)
                     return
-                sq = self._pending_sq(log, pid, name)
+                sq = self._pending_sq(log, pid, name, slot)
                 if sq is None:
                     return
             B = sq.shape[0]
@@ -321,12 +314,17 @@ class PerExampleGradNorms:
 
         return hook
 
-    def _pending_sq(self, log: PassLog, pid: int, name: str) -> torch.Tensor | None:
+    def _pending_sq(self, log: PassLog, pid: int, name: str, slot: int) -> torch.Tensor | None:
         """Norms of a parameter from its pending calls (summing per-example gradients
         over several calls); None (and noted) when no call was captured."""
         calls = log.pending.pop(pid, None)
         if not calls:
             log.missed.add(name)
+            view = log.views.get(slot)
+            if view is not None:  # was its output (a view) modified in place afterwards?
+                mname, ref, version = view
+                t = ref()
+                log.inplace[name] = (mname, None if t is None else t._version > version)
             return None
         self._busy = True
         try:
@@ -378,12 +376,7 @@ class PerExampleGradNorms:
     def collect(self, *, reset: bool = True) -> GradCapture:
         """The per-example norms and ``|G_B|²`` of the passes since the last collect."""
         if self._log.missed:
-            raise HookNotFiredError(
-                f"parameters {listing(self._log.missed)} received gradients, but no forward "
-                "call of the module that owns them was captured (a parent module used them "
-                "without calling the child, as nn.MultiheadAttention does with out_proj). "
-                "Name that parent in units=[...] so it is measured as one unit."
-            )
+            raise HookNotFiredError(missed_message(self._log.missed, self._log.inplace))
         cap = GradCapture()
         by_name = self._log.by_name(self.param_names_)
         lengths = {n: sum(rec.batch for _, rec in v) for n, v in by_name.items()}
@@ -395,9 +388,10 @@ class PerExampleGradNorms:
                     f"some parameters saw fewer examples than the others "
                     f"({listing(f'{n}: {k} of {N}' for n, k in bad.items())}): they were "
                     "unused in some backward passes, or their module ran on a batch that is "
-                    "broadcast later (e.g. a position embedding called with (1, T) indices), "
-                    "so their per-example gradients cannot be recovered from the module "
-                    "output. Use policy='warn' to leave them out, or collect() after each pass."
+                    "broadcast later (e.g. a custom module called on a (1, d) tensor), so "
+                    "their per-example gradients cannot be recovered from the module "
+                    "output. Use policy='warn' to leave them out of every statistic, or "
+                    "collect() after each pass."
                 )
             if bad and not self._warned_bad:
                 warnings.warn(

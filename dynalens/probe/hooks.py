@@ -85,6 +85,39 @@ class HookSet:
         self._handles.append(handle)
         return handle
 
+    def on_forward_pre(
+        self, module: nn.Module, fn: Callable[[nn.Module, tuple[Any, ...], dict[str, Any]], None]
+    ) -> RemovableHandle:
+        """Call ``fn(module, args, kwargs)`` before every forward of ``module`` (it must not
+        return a value: the inputs stay as they are). Returns the handle."""
+
+        def pre(mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            fn(mod, args, kwargs)
+
+        handle = module.register_forward_pre_hook(pre, with_kwargs=True)
+        self._handles.append(handle)
+        return handle
+
+    def on_forward_view(
+        self, module: nn.Module, fn: Callable[[nn.Module, tuple[Any, ...], Any], Any]
+    ) -> RemovableHandle:
+        """Let ``fn(module, args, output)`` hand the consumers of ``module`` a *view* of its
+        output with the same values (or None: the output unchanged).
+
+        The one sanctioned exception to "hooks never change what a model computes": the
+        per-example engine returns a broadcast ``(1, T, d)`` output as the expanded
+        ``(B, T, d)`` view that its consumer's broadcasting computes anyway, so that the
+        gradient arrives per example. ``fn`` must return ``output`` itself, an expanded
+        view of it, or None. Hooks registered after this one see the view.
+        """
+
+        def hook(mod: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
+            return fn(mod, args, output)
+
+        handle = module.register_forward_hook(hook)
+        self._handles.append(handle)
+        return handle
+
     def on_output_grad(
         self,
         module: nn.Module,

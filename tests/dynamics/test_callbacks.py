@@ -49,6 +49,8 @@ def test_lightning_callback_logs_gns(tmp_path: Any) -> None:
     trainer.fit(module, loader)
     assert [s for s, _ in rec.rows] == [0, 1, 2, 3]  # 8 batches, 2 accumulated per step
     assert rec.rows[-1][1]["gns.batch_size"] == 16.0
+    assert "gns.measured_step" not in rec.rows[-1][1]  # the store gets the step as its step
+    assert float(trainer.callback_metrics["gns.measured_step"]) == 4.0  # after update 3 (0-based)
     assert math.isfinite(cb.monitor.compute()["gns.trace_sigma"])
     for m in module.modules():
         assert not m._forward_hooks
@@ -84,3 +86,47 @@ def test_hf_trainer_callback_logs_gns(tmp_path: Any) -> None:
     assert len(logged) >= 2
     assert math.isfinite(cb.monitor.compute()["gns.trace_sigma"])
     assert cb.monitor.compute()["gns.batch_size"] == 4.0
+
+
+@pytest.mark.slow
+def test_hf_callback_keeps_trainer_fields_and_labels_the_measured_step(tmp_path: Any) -> None:
+    """The noise-scale callback overwrote the Trainer's `step` in log_history and attached
+    values of an earlier measured step unlabelled; it also shares the Recorder's store."""
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    tf = pytest.importorskip("transformers")
+    import dynalens
+    from dynalens.dynamics.callbacks import hf_callback
+    from dynalens.probe.integrations.hf import RecorderTrainerCallback
+
+    cfg = tf.GPT2Config(n_layer=1, n_head=2, n_embd=16, vocab_size=32, n_positions=16)
+    torch.manual_seed(0)
+    model = tf.GPT2LMHeadModel(cfg)
+    ids = torch.randint(0, 32, (24, 8))
+
+    class DS(torch.utils.data.Dataset):
+        def __len__(self) -> int:
+            return len(ids)
+
+        def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+            return {"input_ids": ids[i], "labels": ids[i]}
+
+    args = tf.TrainingArguments(
+        output_dir=str(tmp_path / "out"), per_device_train_batch_size=4, max_steps=5,
+        logging_steps=1, report_to=[], use_cpu=True, save_strategy="no",
+        learning_rate=1e-3, disable_tqdm=True,
+    )  # fmt: skip
+    rec_cb = RecorderTrainerCallback(str(tmp_path / "run"), sites="transformer.ln_f", every=1)
+    gns_cb = hf_callback(every=2, beta=1.0, recorder=rec_cb)  # default policy: exact GPT-2
+    # the noise-scale callback first: it starts the Recorder itself if needed
+    trainer = tf.Trainer(model=model, args=args, train_dataset=DS(), callbacks=[gns_cb, rec_cb])
+    trainer.train()
+    rows = [h for h in trainer.state.log_history if "loss" in h]
+    assert [h["step"] for h in rows] == [1, 2, 3, 4, 5]  # the Trainer's own numbering
+    measured = {h["step"]: h.get("gns.measured_step") for h in rows}
+    assert measured == {1: 1.0, 2: None, 3: 3.0, 4: None, 5: 5.0}  # every=2: steps 0, 2, 4
+    assert all("loss" in h for h in rows)
+    store = dynalens.open_store(tmp_path / "run")
+    df = store.scalars()
+    gns_steps = sorted(set(df["step"][df["gns.b_simple"].notna()].tolist()))
+    assert gns_steps == [0, 2, 4]  # the Recorder's 0-based steps: the same update
+    assert gns_cb.monitor.history[-1]["gns.batch_size"] == 4.0
