@@ -9,7 +9,7 @@ how to fix it.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 
 class DynalensError(Exception):
@@ -82,6 +82,19 @@ def note_cleanup_error(primary: BaseException, cleanup: BaseException) -> None:
     note = f"while cleaning up after this error, another was raised: {name}: {cleanup}"
     if hasattr(primary, "add_note"):  # Python 3.11+
         primary.add_note(note)
+
+
+def exit_context(close: Callable[[], None], exc: BaseException | None) -> None:
+    """The body of a context manager's ``__exit__``: run ``close()``; when the block
+    raised ``exc``, an error from ``close()`` is noted on ``exc`` instead of replacing
+    it, so the user's error comes out on top."""
+    if exc is None:
+        close()
+        return
+    try:
+        close()
+    except BaseException as cleanup:
+        note_cleanup_error(exc, cleanup)
 
 
 def close_matches(name: str, options: Iterable[str], n: int = 3) -> str:

@@ -60,7 +60,7 @@ from dynalens.dynamics.grad_capture import CaptureMeans, LazyMeans, resolve_mean
 from dynalens.dynamics.per_example import PerExampleGradNorms
 from dynalens.dynamics.stats import RatioStats
 from dynalens.dynamics.step_scalars import StepBlock, StepScalars
-from dynalens.errors import InvalidParameterError
+from dynalens.errors import InvalidParameterError, exit_context
 from dynalens.probe.hooks import HookSet
 from dynalens.probe.schedules import as_schedule
 
@@ -244,18 +244,21 @@ class GradientNoiseScaleMonitor:
         return list(spec), [[where[p] for p in ps] for ps in spec.values()]
 
     def detach(self) -> None:
-        """Compute the pending steps and remove every hook the instrument added."""
-        self.flush()
-        self._wake_at = 0
-        if self._flush_handle is not None:
-            self._flush_handle.remove()
-            self._flush_handle = None
-        if self._opt_handle is not None:
-            self._opt_handle.remove()
-            self._opt_handle = None
-        if self._engine is not None:
-            self._engine.detach()
-            self._engine = None
+        """Compute the pending steps and remove every hook the instrument added (also
+        when computing them fails)."""
+        try:
+            self.flush()
+        finally:
+            self._wake_at = 0
+            if self._flush_handle is not None:
+                self._flush_handle.remove()
+                self._flush_handle = None
+            if self._opt_handle is not None:
+                self._opt_handle.remove()
+                self._opt_handle = None
+            if self._engine is not None:
+                self._engine.detach()
+                self._engine = None
 
     @property
     def stats(self) -> RatioStats:
@@ -266,8 +269,8 @@ class GradientNoiseScaleMonitor:
     def __enter__(self) -> GradientNoiseScaleMonitor:
         return self.attach() if self._engine is None else self
 
-    def __exit__(self, *exc: object) -> None:
-        self.detach()
+    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
+        exit_context(self.detach, exc)  # an error raised inside the block comes out on top
 
     # -------------------------------------------------------------------- steps
     def _on_optimizer_step(self) -> None:

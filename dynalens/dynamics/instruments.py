@@ -29,7 +29,7 @@ from torch import nn
 
 from dynalens._validation import check_float, check_int
 from dynalens.dynamics.per_example import check_losses
-from dynalens.errors import InvalidParameterError
+from dynalens.errors import InvalidParameterError, exit_context
 from dynalens.probe.schedules import as_schedule
 
 
@@ -183,8 +183,8 @@ class DynamicsMonitor:
     def __enter__(self) -> DynamicsMonitor:
         return self.attach()
 
-    def __exit__(self, *exc: object) -> None:
-        self.detach()
+    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
+        exit_context(self.detach, exc)  # an error raised inside the block comes out on top
 
     def _pre(self) -> None:
         self._prev = None

@@ -65,7 +65,13 @@ from dynalens.dynamics._pass_log import PassLog
 from dynalens.dynamics._plan import FuncRule, Rule, plan_modules
 from dynalens.dynamics._rules import EmbeddingRule
 from dynalens.dynamics.grad_capture import CaptureMeans, GradCapture, LazyMeans, resolve_means
-from dynalens.errors import HookNotFiredError, InvalidInputError, InvalidParameterError, listing
+from dynalens.errors import (
+    HookNotFiredError,
+    InvalidInputError,
+    InvalidParameterError,
+    exit_context,
+    listing,
+)
 from dynalens.kernels.ghost_norm import Workspace
 from dynalens.probe.hooks import HookSet
 
@@ -280,8 +286,8 @@ class PerExampleGradNorms:
     def __enter__(self) -> PerExampleGradNorms:
         return self if self._attached else self.attach()
 
-    def __exit__(self, *exc: object) -> None:
-        self.detach()
+    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
+        exit_context(self.detach, exc)  # an error raised inside the block comes out on top
 
     # ------------------------------------------------------------------- hooks
     def _param_hook(

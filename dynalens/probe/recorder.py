@@ -39,6 +39,7 @@ from dynalens.errors import (
     InvalidInputError,
     InvalidParameterError,
     ShapeMismatchError,
+    exit_context,
     note_cleanup_error,
 )
 from dynalens.probe import distributed as dist_util
@@ -638,13 +639,7 @@ class Recorder:
         return self
 
     def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
-        if exc is None:
-            self.close()
-            return
-        try:  # the error raised inside the block comes out on top
-            self.close()
-        except BaseException as cleanup:
-            note_cleanup_error(exc, cleanup)
+        exit_context(self.close, exc)  # an error raised inside the block comes out on top
 
     def __repr__(self) -> str:
         return (

@@ -178,3 +178,20 @@ def test_validation() -> None:
         GradientNoiseScaleMonitor(model, groups={"a": ["nope"]}).attach()
     with pytest.raises(InvalidParameterError, match="flush_every"):
         GradientNoiseScaleMonitor(model, flush_every=0).attach()
+
+
+def test_an_error_inside_the_monitor_block_comes_out_on_top(monkeypatch):
+    """Regression (issue 11): an error raised while detaching must not replace the
+    user's own error; the hooks are removed all the same."""
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2))
+
+    def failing_flush() -> None:
+        raise RuntimeError("cleanup failed")
+
+    with pytest.raises(KeyError, match="the user's error") as info:
+        with GradientNoiseScaleMonitor(model) as gns:
+            model(torch.randn(4, 3)).sum().backward()
+            monkeypatch.setattr(gns, "flush", failing_flush)
+            raise KeyError("the user's error")
+    assert "cleanup failed" in "".join(info.value.__notes__)
+    assert all(not m._forward_hooks for m in model.modules())
