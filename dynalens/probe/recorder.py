@@ -36,7 +36,6 @@ import dynalens
 from dynalens._validation import check_int, check_option
 from dynalens.errors import (
     HookNotFiredError,
-    InvalidInputError,
     InvalidParameterError,
     ShapeMismatchError,
     exit_context,
@@ -51,21 +50,18 @@ from dynalens.probe.hooks import HookSet, first_tensor
 from dynalens.probe.names import check_path_name
 from dynalens.probe.schedules import Schedule, as_schedule
 from dynalens.probe.sites import Site, SiteSpec, resolve_sites
+from dynalens.probe.step_checks import (
+    check_not_meta,
+    check_sample_ids,
+    drop_ragged,
+    missing_gradient_message,
+    ragged_message,
+)
 from dynalens.probe.store import Store, open_store
 
 CAPTURE_KINDS = ("activations", "inputs", "gradients", "param_grads")
 #: step numbers are stored as int64
 MAX_STEP = 2**63 - 1
-
-
-def _check_not_meta(model: nn.Module) -> None:
-    meta = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
-    if meta:
-        raise InvalidInputError(
-            f"the model has {len(meta)} parameter(s) or buffer(s) on the meta device (e.g. "
-            f"{meta[0]!r}): they hold no values, so there is nothing to record. Materialise "
-            "the model first (model.to_empty(device='cpu') and load its weights)."
-        )
 
 
 class Recorder:
@@ -123,7 +119,7 @@ class Recorder:
         self.model = model
         self.site_patterns: dict[str, list[str]] = {}  # glob / type -> sites it matched
         self.sites: dict[str, Site] = resolve_sites(model, sites, self.site_patterns)
-        _check_not_meta(model)
+        check_not_meta(model)
         for name in self.sites:
             check_path_name("site", name)
         if run is not None:
@@ -457,86 +453,27 @@ class Recorder:
             self._bg.submit(self._writer.update_run_meta, {"sites": sites})
 
     def _warn_missing_gradients(self, step: int) -> None:
-        """Warn at every recorded step where an expected gradient did not arrive."""
-        buf = self._buf
-        missing = [
-            s
-            for s in buf.grads_pending
-            if layout.array_path(layout.GRADIENTS, s) not in buf.tensors
-        ]
-        if not missing:
-            return
-        views = [s for s in missing if s in buf.views]
-        cause = (
-            f" The output of {views} is a view of another tensor (e.g. nn.Linear on a 3-d "
-            "input); an in-place op after the module (`h += x`, `h.mul_(...)`) replaces the "
-            "tensor the gradient hook sits on. Write it out of place (`h = h + x`)."
-            if views
-            else " Call rec.step() after loss.backward(), and check that the loss depends on them."
-        )
-        warnings.warn(
-            f"no gradient reached site(s) {missing} at step {step}, so no gradient is recorded "
-            f"for them at this step.{cause}",
-            stacklevel=4,
-        )
+        message = missing_gradient_message(self._buf, step)
+        if message is not None:
+            warnings.warn(message, stacklevel=4)
 
     def _drop_ragged(self, step: int) -> bool:
-        """Drop this step's records of sites whose batch differs from their first
-        record's (a ragged last batch); warn once per site. True when any was dropped."""
-        buf = self._buf
-        dropped = dict(buf.ragged)
-        for path, (t, attrs) in list(buf.tensors.items()):
-            seen = self._shapes.get(path)
-            if seen is None or seen[0] == tuple(t.shape) or len(seen[0]) != t.ndim:
-                continue
-            dim = batch_dim(tuple(attrs.get("axes", ())), t.ndim)
-            others = [d for d in range(t.ndim) if d != dim]
-            if all(seen[0][d] == t.shape[d] for d in others):
-                del buf.tensors[path]
-                dropped[attrs["site"]] = int(t.shape[dim])
-        if dropped:
-            live = tuple(k + "/" for k in (layout.ACTIVATIONS, layout.GRADIENTS, layout.INPUTS))
-            buf.tensors = {
-                p: item
-                for p, item in buf.tensors.items()
-                if item[1]["site"] not in dropped or not p.startswith(live)
-            }
-            new = sorted(set(dropped) - self._warned_ragged)
-            self._warned_ragged.update(new)
-            if new:
-                warnings.warn(
-                    f"step {step}: the batch of {dropped[new[0]]} rows differs from the batch "
-                    f"size of earlier records of site(s) {new} (a ragged last batch?); this "
-                    "step is not recorded for them, and later such steps are skipped the same "
-                    "way (store.steps(site) lists what was recorded). Pass rows=N (at most the "
-                    "smallest batch) to record every step, or use drop_last=True.",
-                    stacklevel=4,
-                )
+        """Drop this step's live-batch records of ragged sites; warn once per site."""
+        dropped = drop_ragged(self._buf, self._shapes)
+        new = sorted(set(dropped) - self._warned_ragged)
+        self._warned_ragged.update(new)
+        if new:
+            warnings.warn(ragged_message(step, new, dropped[new[0]]), stacklevel=4)
         return bool(dropped)
 
     def _sample_ids(self, sample_ids: Any, step: int, ragged: bool) -> np.ndarray | None:
         """``sample_ids`` checked against the live batch, sub-sampled like its rows
         (``None`` at a ragged step, whose rows are not recorded)."""
-        if isinstance(sample_ids, torch.Tensor):
-            sample_ids = sample_ids.detach().cpu().numpy()
-        ids = np.asarray(sample_ids)
-        if ids.dtype.kind not in "iu":
-            raise InvalidInputError(
-                f"sample_ids at step {step} must be integers (the data-set indices of the "
-                f"batch's rows); got an array of dtype {ids.dtype}. Pass e.g. the index tensor "
-                "your Dataset / sampler yields."
-            )
-        ids = ids.reshape(-1)
-        rows = self._buf.rows
-        if rows is not None and len(ids) != rows:
-            raise InvalidInputError(
-                f"sample_ids at step {step} has {len(ids)} entries but the recorded batch has "
-                f"{rows} rows; pass one data-set index per row of the batch."
-            )
+        ids = check_sample_ids(sample_ids, self._buf.rows, step)
         if ragged:
             return None
         keep = self._sub.row_index(len(ids))
-        return (ids if keep is None else ids[keep.numpy()]).astype(np.int64)
+        return ids if keep is None else ids[keep.numpy()]
 
     def capture_param_grads(self) -> None:
         """Copy the sites' parameter gradients now (at a recorded step, once).
