@@ -264,23 +264,30 @@ def test_liveness_check_catches_hooks_skipped_by_torch_compile(tmp_path, data):
     assert hook_count(model) == 0
 
 
-def test_shape_change_between_steps_is_a_clear_error(tmp_path, mlp, data):
-    x, _ = data
-    rec = dynalens.Recorder(mlp, tmp_path / "s", sites="fc1", capture=("activations",))
-    mlp(x[:8])
+def test_shape_change_between_steps_is_a_clear_error(tmp_path):
+    """A change of a non-batch axis (here the sequence length) cannot be stacked: a clear
+    error. (A change of the batch axis is a ragged batch: skipped with a warning, see
+    test_keep_accepted.py.)"""
+    model = nn.Sequential(nn.Linear(4, 3))
+    rec = dynalens.Recorder(model, tmp_path / "s", sites="0", capture=("activations",))
+    model(torch.randn(2, 5, 4))
     rec.step(0)
-    mlp(x[:5])
+    model(torch.randn(2, 6, 4))
     with pytest.raises(ShapeMismatchError, match="rows=N"):
         rec.step(1)
-    assert hook_count(mlp) == 0
+    assert hook_count(model) == 0
     assert dynalens.open_store(tmp_path / "s").steps().tolist() == [0]  # step 0 kept
 
 
-def test_batch_smaller_than_rows_is_refused(tmp_path, mlp, data):
-    rec = dynalens.Recorder(mlp, tmp_path / "s", sites="fc1", rows=16)
-    with pytest.raises(InvalidInputError, match="smaller than rows=16"):
-        mlp(data[0][:8])
+def test_batch_smaller_than_rows_is_skipped_with_a_warning(tmp_path, mlp, data):
+    rec = dynalens.Recorder(mlp, tmp_path / "s", sites="fc1", rows=16, capture=("activations",))
+    mlp(data[0][:8])
+    with pytest.warns(UserWarning, match="ragged last batch"):
+        rec.step(0)
+    mlp(data[0][:20])
+    rec.step(1)
     rec.close()
+    assert dynalens.open_store(tmp_path / "s").steps("fc1").tolist() == [1]
 
 
 @pytest.mark.parametrize(
