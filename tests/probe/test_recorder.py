@@ -9,7 +9,6 @@ from torch import nn
 import dynalens
 from dynalens.errors import (
     HookNotFiredError,
-    InvalidInputError,
     InvalidParameterError,
     ShapeMismatchError,
     SiteNotFoundError,
