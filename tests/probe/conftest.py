@@ -40,10 +40,10 @@ def hook_count(model: nn.Module) -> int:
     return total
 
 
-def train(model, rec, x, y, steps, batch=8, lr=0.1):
-    """A plain loop; returns the per-step (inputs idx, outputs, loss) for checking."""
+def train(model, rec, x, y, steps, batch=8, lr=0.1, start=0):
+    """A plain loop over global steps ``start .. start + steps - 1``."""
     opt = torch.optim.SGD(model.parameters(), lr=lr)
-    for step in range(steps):
+    for step in range(start, start + steps):
         idx = torch.arange(step * batch, (step + 1) * batch) % len(x)
         out = model(x[idx])
         loss = nn.functional.cross_entropy(out, y[idx])

@@ -128,7 +128,7 @@ def test_writer_errors_surface_in_the_training_thread(tmp_path, mlp, data, monke
 
     monkeypatch.setattr(rec._writer, "write_record", broken)
     with pytest.raises(WriterError, match="disk full") as info:
-        train(mlp, rec, x, y, steps=3)
+        train(mlp, rec, x, y, steps=3, start=1)
         rec.flush()
     assert isinstance(info.value.__cause__, OSError)
     with pytest.raises(WriterError):
