@@ -1,0 +1,23 @@
+"""circuits: activation patching (and, next, path and attribution patching) on any model.
+
+Builds on the intervention primitive of :mod:`dynalens.probe.interventions`. Importing
+this package imports neither transformer-lens, transformers, pandas nor plotly.
+"""
+
+from dynalens.circuits.metrics import kl_to_clean, logit_diff, probability
+from dynalens.circuits.patching import activation_patching, make_cells, run_cells
+from dynalens.circuits.reference import ReferenceConfig, ReferenceTransformer
+from dynalens.circuits.results import Cell, PatchingResult
+
+__all__ = [
+    "Cell",
+    "PatchingResult",
+    "ReferenceConfig",
+    "ReferenceTransformer",
+    "activation_patching",
+    "kl_to_clean",
+    "logit_diff",
+    "make_cells",
+    "probability",
+    "run_cells",
+]

@@ -215,11 +215,15 @@ class SliceOutputAccess:
 
 @dataclass
 class ResidMidAccess:
-    """``resid_pre + attn_out`` of a Hugging Face block, written back through ``attn_out``."""
+    """``resid_mid = resid_pre + attn_out``, which no module outputs (Hugging Face
+    blocks; transformer-lens bridges, whose ``hook_resid_mid`` is an alias of
+    ``ln2.hook_in``, the LayerNorm's input: writing there leaves the residual skip
+    unchanged). The edit is written back as ``attn_out + (edit(mid) - mid)``, an exact
+    no-op on entries the edit left alone."""
 
     name: str
-    block: nn.Module
-    attn: nn.Module
+    resid_pre: SiteAccess
+    attn_out: SiteAccess
 
     def axes(self, ndim: int) -> tuple[str, ...]:
         return RESID
@@ -227,22 +231,17 @@ class ResidMidAccess:
     def attach(self, hooks: EditingHooks, edit: Edit) -> None:
         seen: dict[str, torch.Tensor] = {}
 
-        def block_pre(
-            mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
-        ) -> None:
-            seen["resid_pre"] = args[0] if args else kwargs["hidden_states"]
+        def keep(act: torch.Tensor) -> torch.Tensor:
+            seen["resid_pre"] = act
+            return act
 
-        def attn_hook(mod: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
-            attn_out = first_tensor(output)
-            assert attn_out is not None  # HF attention returns (attn_output, weights)
+        def through_attn_out(attn_out: torch.Tensor) -> torch.Tensor:
             mid = seen.pop("resid_pre") + attn_out
             new = edit(mid)
-            if new is mid:
-                return None
-            return _replace_first_tensor(output, attn_out + (new - mid))
+            return attn_out if new is mid else attn_out + (new - mid)
 
-        hooks.on_forward_pre_replace(self.block, block_pre)
-        hooks.on_forward_replace(self.attn, attn_hook)
+        self.resid_pre.attach(hooks, keep)
+        self.attn_out.attach(hooks, through_attn_out)
 
 
 class Backend:
@@ -335,6 +334,19 @@ class TransformerLensBackend(Backend):
         self.n_heads = int(cfg.n_heads)
         kv = getattr(cfg, "n_key_value_heads", None)
         self.n_kv_heads = int(kv) if kv else None
+        self._virtual: dict[str, SiteAccess] = {}
+        for layer in range(self.n_layers):
+            name, ln_in = f"blocks.{layer}.hook_resid_mid", f"blocks.{layer}.ln2.hook_in"
+            pre, attn_out = f"blocks.{layer}.hook_resid_pre", f"blocks.{layer}.hook_attn_out"
+            aliased = name in self._modules and self._modules[name] is self._modules.get(ln_in)
+            if aliased and pre in self._modules and attn_out in self._modules:
+                self._virtual[name] = ResidMidAccess(
+                    name, OutputAccess(pre, self._modules[pre]),
+                    OutputAccess(attn_out, self._modules[attn_out]),
+                )
+
+    def virtual_sites(self) -> dict[str, SiteAccess]:
+        return self._virtual
 
 
 class HuggingFaceBackend(Backend):
@@ -366,9 +378,11 @@ class HuggingFaceBackend(Backend):
             attn = self._modules[attn_path]
             tl = f"blocks.{layer}"
             found[f"{tl}.hook_resid_pre"] = InputAccess(f"{tl}.hook_resid_pre", block)
-            found[f"{tl}.hook_resid_mid"] = ResidMidAccess(f"{tl}.hook_resid_mid", block, attn)
             found[f"{tl}.hook_resid_post"] = OutputAccess(f"{tl}.hook_resid_post", block)
             found[f"{tl}.hook_attn_out"] = OutputAccess(f"{tl}.hook_attn_out", attn)
+            found[f"{tl}.hook_resid_mid"] = ResidMidAccess(
+                f"{tl}.hook_resid_mid", found[f"{tl}.hook_resid_pre"], found[f"{tl}.hook_attn_out"]
+            )
             found[f"{tl}.hook_mlp_out"] = OutputAccess(f"{tl}.hook_mlp_out", self._modules[f"{path}.mlp"])
             o_proj = self._modules[f"{attn_path}.c_proj" if self.gpt2 else f"{attn_path}.o_proj"]
             found[f"{tl}.attn.hook_z"] = InputAccess(f"{tl}.attn.hook_z", o_proj, heads)
