@@ -71,7 +71,8 @@ def make_cells(
             backend.access(s)  # SiteNotFoundError with close matches
         return [Cell(s, i, s, p) for i, s in enumerate(sites) for p in pos]
     cells = []
-    all_layers = range(backend.n_layers) if backend.n_layers is not None else range(0)
+    # a backend without layers gets layer 0 asked, so component_site says what to do
+    all_layers = range(backend.n_layers) if backend.n_layers is not None else range(1)
     for component in components:
         for layer in layers if layers is not None else all_layers:
             site = backend.component_site(component, layer)
