@@ -1,0 +1,156 @@
+"""Patching on transformer-lens bridges and Hugging Face models: equal to
+transformer-lens's own get_act_patch_* helpers, and HF models equal to their bridges."""
+
+import pytest
+import torch
+
+from dynalens.circuits import activation_patching, logit_diff
+from dynalens.probe.interventions import Intervention, intervene, record_activations
+from dynalens.probe.interventions_sites import CapabilityError, detect_backend
+
+from ..probe.conftest import hook_count
+
+tl = pytest.importorskip("transformer_lens")
+transformers = pytest.importorskip("transformers")
+from transformer_lens import patching as tl_patching  # noqa: E402
+from transformer_lens.config import TransformerBridgeConfig  # noqa: E402
+from transformer_lens.model_bridge.sources import build_bridge_from_module  # noqa: E402
+
+VOCAB, POS = 20, 6
+
+
+def hf_gpt2(seed=0):
+    torch.manual_seed(seed)
+    cfg = transformers.GPT2Config(n_layer=2, n_embd=32, n_head=4, n_positions=16, vocab_size=VOCAB)
+    return transformers.GPT2LMHeadModel(cfg).eval()
+
+
+def hf_llama(seed=0):
+    torch.manual_seed(seed)
+    cfg = transformers.LlamaConfig(
+        num_hidden_layers=2, hidden_size=32, num_attention_heads=4, num_key_value_heads=2,
+        intermediate_size=64, vocab_size=VOCAB, max_position_embeddings=16,
+    )
+    return transformers.LlamaForCausalLM(cfg).eval()
+
+
+def native(seed=0):
+    cfg = TransformerBridgeConfig(
+        d_model=32, d_head=8, n_heads=4, n_layers=2, n_ctx=16, d_vocab=VOCAB, attn_only=False,
+        d_mlp=64, act_fn="gelu", normalization_type="LN", seed=seed,
+    )
+    return tl.TransformerBridge.boot_native(cfg).eval()
+
+
+def bridge_of(make, name):
+    return build_bridge_from_module(make(), name, hf_config=make().config).eval()
+
+
+@pytest.fixture(scope="module")
+def task():
+    g = torch.Generator().manual_seed(0)
+    clean = torch.randint(0, VOCAB, (4, POS), generator=g)
+    corrupt = clean.clone()
+    corrupt[:, 2] = (corrupt[:, 2] + 1) % VOCAB
+    answer, wrong = torch.randint(0, VOCAB, (4,), generator=g), torch.randint(0, VOCAB, (4,), generator=g)
+    return clean, corrupt, logit_diff(answer, wrong)
+
+
+def all_hooks(model):
+    """torch hooks plus transformer-lens's own hook lists."""
+    lens = sum(len(getattr(m, "fwd_hooks", [])) + len(getattr(m, "bwd_hooks", [])) for m in model.modules())
+    return hook_count(model) + lens
+
+
+HELPERS = {  # component, positions -> transformer-lens helper
+    ("resid_pre", "each"): "get_act_patch_resid_pre",
+    ("attn_out", "each"): "get_act_patch_attn_out",
+    ("mlp_out", "each"): "get_act_patch_mlp_out",
+    ("head_out", "each"): "get_act_patch_attn_head_out_by_pos",
+    ("head_out", "all"): "get_act_patch_attn_head_out_all_pos",
+    ("q", "each"): "get_act_patch_attn_head_q_by_pos",
+    ("k", "all"): "get_act_patch_attn_head_k_all_pos",
+    ("v", "each"): "get_act_patch_attn_head_v_by_pos",
+    ("pattern", "each"): "get_act_patch_attn_head_pattern_by_pos",
+    ("pattern", "all"): "get_act_patch_attn_head_pattern_all_pos",
+}
+
+
+@pytest.mark.parametrize("make", ["native", "gpt2-bridge"])
+def test_sweeps_equal_transformer_lens_helpers(task, make):
+    model = native() if make == "native" else bridge_of(hf_gpt2, "GPT2LMHeadModel")
+    clean, corrupt, metric = task
+    _, clean_cache = model.run_with_cache(clean)
+    mean_metric = lambda logits: metric(logits).mean()  # noqa: E731
+    for (component, positions), helper in HELPERS.items():
+        before = all_hooks(model)  # transformer-lens's run_with_cache leaves hooks of its own
+        ours = activation_patching(model, clean, corrupt, metric, components=[component], positions=positions)
+        assert all_hooks(model) == before
+        theirs = getattr(tl_patching, helper)(model, corrupt, clean_cache, mean_metric)
+        grid = ours.grid(component)
+        assert grid.shape == theirs.shape, helper
+        torch.testing.assert_close(grid, theirs.double(), atol=1e-6, rtol=0, msg=helper)
+
+
+@pytest.mark.parametrize("make", ["native", "gpt2-bridge"])
+def test_resid_mid_on_bridges_reaches_the_residual_stream(task, make):
+    """Regression: a bridge's hook_resid_mid is an alias of ln2.hook_in, where a write
+    changes the MLP's input but not the residual skip; dynalens writes resid_mid through
+    attn_out so that patching it everywhere reproduces the clean run."""
+    model = native() if make == "native" else bridge_of(hf_gpt2, "GPT2LMHeadModel")
+    clean, corrupt, _ = task
+    site = "blocks.1.hook_resid_mid"
+    assert model.hook_dict[site] is model.hook_dict["blocks.1.ln2.hook_in"]
+    model(clean)  # a bridge block wires capture hooks of its own at its first forward
+    before = all_hooks(model)
+    cache = record_activations(model, clean, [site])
+    with intervene(model, [Intervention(site, cache[site])]):
+        torch.testing.assert_close(model(corrupt), model(clean), atol=1e-5, rtol=0)
+    assert all_hooks(model) == before
+    _, tl_cache = model.run_with_cache(clean)
+    torch.testing.assert_close(cache[site], tl_cache[site], atol=1e-6, rtol=0)
+
+
+COMPONENTS = ["resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "head_out", "q", "k", "v"]
+
+
+@pytest.mark.parametrize(("make", "name"), [(hf_gpt2, "GPT2LMHeadModel"), (hf_llama, "LlamaForCausalLM")])
+def test_hugging_face_models_equal_their_bridges(task, make, name):
+    """Per-head sites split before the output projection (and GQA key/value heads) give
+    the numbers transformer-lens's hook points give on a bridge of the same weights."""
+    clean, corrupt, metric = task
+    hf = make()
+    backend = detect_backend(hf)
+    assert backend.kind == ("hf-gpt2" if "GPT2" in name else "hf-llama")
+    ours = activation_patching(hf, clean, corrupt, metric, components=COMPONENTS, max_rows=40)
+    bridge = bridge_of(make, name)
+    bridge(clean)  # a bridge block wires capture hooks of its own at its first forward
+    before = all_hooks(bridge)
+    bridged = activation_patching(bridge, clean, corrupt, metric, components=COMPONENTS)
+    assert all_hooks(bridge) == before
+    assert ours.cells == bridged.cells
+    torch.testing.assert_close(ours.values, bridged.values, atol=1e-6, rtol=0)
+    if "Llama" in name:
+        assert ours.grid("k").shape == (2, POS, 2)  # two key/value heads
+    assert all_hooks(hf) == 0
+
+
+def test_hugging_face_full_patches_reproduce_clean_runs(task):
+    clean, corrupt, _ = task
+    hf = hf_llama()
+    sites = ["blocks.0.hook_resid_pre", "blocks.1.hook_resid_mid", "blocks.1.attn.hook_z", "blocks.1.hook_attn_out"]
+    cache = record_activations(hf, clean, sites)
+    for site in sites[:2]:
+        with intervene(hf, [Intervention(site, cache[site])]):
+            torch.testing.assert_close(hf(corrupt).logits, hf(clean).logits, atol=1e-5, rtol=0)
+    with intervene(hf, [Intervention(sites[2], cache[sites[2]])]):  # every head's z
+        by_heads = hf(corrupt).logits
+    with intervene(hf, [Intervention(sites[3], cache[sites[3]])]):  # = the attention output
+        torch.testing.assert_close(hf(corrupt).logits, by_heads, atol=1e-5, rtol=0)
+    assert all_hooks(hf) == 0
+
+
+def test_hugging_face_pattern_names_the_alternative(task):
+    clean, corrupt, metric = task
+    with pytest.raises(CapabilityError, match="build_bridge_from_module"):
+        activation_patching(hf_gpt2(), clean, corrupt, metric, components=["pattern"])
