@@ -33,7 +33,8 @@ def patching_heatmap(
     ]
     if tokens is not None and positions and len(tokens) <= max(positions):
         raise InvalidParameterError(
-            f"{len(tokens)} token labels for positions up to {max(positions)}; pass one per position."
+            f"{len(tokens)} token labels for positions up to {max(positions)}; "
+            "pass one label per position."
         )
     by_head = component in HEAD_COMPONENTS and heads
     if by_head and positions:  # [layer, pos, head] -> rows layer/head, columns positions
@@ -52,14 +53,23 @@ def patching_heatmap(
     limit = float(z.abs().nan_to_num(0.0).max()) or 1.0
     fig = go.Figure(
         go.Heatmap(
-            z=z.numpy(), x=x, y=y, colorscale="RdBu", zmid=0.0, zmin=-limit, zmax=limit,
+            z=z.numpy(),
+            x=x,
+            y=y,
+            colorscale="RdBu",
+            zmid=0.0,
+            zmin=-limit,
+            zmax=limit,
             colorbar={"title": quantity},
         )
     )
     fig.update_layout(
         title=f"{result.mode} patching: {component} ({quantity})",
-        xaxis_title=x_title, yaxis_title=y_title, template="plotly_white",
-        width=760, height=max(300, 40 * len(y) + 160),
+        xaxis_title=x_title,
+        yaxis_title=y_title,
+        template="plotly_white",
+        width=760,
+        height=max(300, 40 * len(y) + 160),
     )
     fig.update_yaxes(autorange="reversed", type="category")
     fig.update_xaxes(type="category")

@@ -70,7 +70,7 @@ def make_cells(
         for s in sites:
             backend.access(s)  # SiteNotFoundError with close matches
         return [Cell(s, i, s, p) for i, s in enumerate(sites) for p in pos]
-    cells = []
+    cells: list[Cell] = []
     # a backend without layers gets layer 0 asked, so component_site says what to do
     all_layers = range(backend.n_layers) if backend.n_layers is not None else range(1)
     for component in components:
@@ -193,15 +193,25 @@ def activation_patching(
     if not isinstance(max_rows, int) or max_rows < 1:
         raise InvalidParameterError(f"max_rows must be a positive int; got {max_rows!r}.")
     if clean.ndim < 2:
-        raise InvalidInputError(f"inputs must be [batch, pos, ...]; got shape {tuple(clean.shape)}.")
+        raise InvalidInputError(
+            f"inputs must be [batch, pos, ...]; got shape {tuple(clean.shape)}."
+        )
     backend = detect_backend(model)
     cells = make_cells(
-        backend, clean.shape[1], components, layers=layers, positions=positions, heads=heads, sites=sites
+        backend,
+        clean.shape[1],
+        components,
+        layers=layers,
+        positions=positions,
+        heads=heads,
+        sites=sites,
     )
     b = clean.shape[0]
     with torch.no_grad():
         clean_m = check_per_example(metric(logits_of(model(clean))), b)
-        corrupt_m = None if corrupt is None else check_per_example(metric(logits_of(model(corrupt))), b)
+        corrupt_m = (
+            None if corrupt is None else check_per_example(metric(logits_of(model(corrupt))), b)
+        )
     site_names = list(dict.fromkeys(c.site for c in cells))
     base = corrupt if mode == "denoising" else clean
     assert base is not None
@@ -218,7 +228,12 @@ def activation_patching(
         else:
             sources = dict(recorded)
     values = run_cells(model, cells, base, sources, metric, max_rows=max_rows, backend=backend)
-    labels = {"denoising": "denoising", "noising": "noising", "mean": "mean-ablation", "zero": "zero-ablation"}
+    labels = {
+        "denoising": "denoising",
+        "noising": "noising",
+        "mean": "mean-ablation",
+        "zero": "zero-ablation",
+    }
     return PatchingResult(
         cells=cells,
         values=values,

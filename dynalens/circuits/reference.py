@@ -50,8 +50,8 @@ class Attention(nn.Module):
         self.W_V = nn.Parameter(torch.randn(h, d, dh) / math.sqrt(d))
         self.W_O = nn.Parameter(torch.randn(h, dh, d) / math.sqrt(h * dh))
         self.b_O = nn.Parameter(torch.zeros(d))
-        for name in ("hook_q", "hook_k", "hook_v", "hook_attn_scores", "hook_pattern", "hook_z"):
-            setattr(self, name, HookSite())
+        self.hook_q, self.hook_k, self.hook_v = HookSite(), HookSite(), HookSite()
+        self.hook_attn_scores, self.hook_pattern, self.hook_z = HookSite(), HookSite(), HookSite()
         mask = torch.tril(torch.ones(cfg.n_ctx, cfg.n_ctx, dtype=torch.bool))
         self.register_buffer("mask", mask, persistent=False)
 

@@ -150,11 +150,15 @@ class PatchingResult:
         normalised."""
         getters = {"value": self.mean, "effect": self.effect, "normalised": self.normalised}
         if quantity not in getters:
-            raise InvalidParameterError(f"quantity must be one of {sorted(getters)}; got {quantity!r}.")
+            raise InvalidParameterError(
+                f"quantity must be one of {sorted(getters)}; got {quantity!r}."
+            )
         picked = [(i, c) for i, c in enumerate(self.cells) if c.component == component]
         if not picked:
             have = sorted({c.component for c in self.cells})
-            raise InvalidParameterError(f"no cells of component {component!r}; the sweep has {have}.")
+            raise InvalidParameterError(
+                f"no cells of component {component!r}; the sweep has {have}."
+            )
         numbers = getters[quantity]()
         layers = sorted({c.layer for _, c in picked})
         positions = sorted({c.position for _, c in picked if c.position is not None})

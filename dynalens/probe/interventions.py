@@ -138,9 +138,13 @@ def _apply(iv: Intervention, access: SiteAccess, work: torch.Tensor) -> None:
     """Apply one intervention to ``work`` in place."""
     axes = access.axes(work.ndim)
     chosen: dict[int, slice | torch.Tensor] = {}
-    wanted = (("rows", "batch", iv.rows), ("positions", "pos", iv.positions), ("heads", "head", iv.heads))
-    for what, axis, value in wanted:
-        spec = _as_index_list(value, what)
+    wanted: tuple[tuple[str, str, Any], ...] = (
+        ("rows", "batch", iv.rows),
+        ("positions", "pos", iv.positions),
+        ("heads", "head", iv.heads),
+    )
+    for what, axis, given in wanted:
+        spec = _as_index_list(given, what)
         if spec is None:
             continue
         names = ("pos", "query_pos") if axis == "pos" else (axis,)
@@ -214,7 +218,9 @@ def _source_values(
         ) from None
     if not aligned:
         return src[index]
-    local = torch.arange(n_selected).reshape(rows.shape) if isinstance(rows, torch.Tensor) else slice(None)  # type: ignore[arg-type]
+    local: slice | torch.Tensor = slice(None)
+    if isinstance(rows, torch.Tensor):
+        local = torch.arange(rows.numel()).reshape(rows.shape)
     return src[(local, *index[1:])]
 
 
@@ -319,7 +325,9 @@ def record_activations(
         model(inputs)
     missing = [s for s in sites if s not in found]
     if missing:
-        raise InvalidInputError(f"sites {missing} did not run in the forward pass of {type(model).__name__}.")
+        raise InvalidInputError(
+            f"sites {missing} did not run in the forward pass of {type(model).__name__}."
+        )
     return found
 
 

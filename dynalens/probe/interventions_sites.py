@@ -329,7 +329,7 @@ class TransformerLensBackend(Backend):
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__(model)
-        cfg = model.cfg  # type: ignore[union-attr]
+        cfg: Any = model.cfg
         self.n_layers = int(cfg.n_layers)
         self.n_heads = int(cfg.n_heads)
         kv = getattr(cfg, "n_key_value_heads", None)
@@ -341,7 +341,8 @@ class TransformerLensBackend(Backend):
             aliased = name in self._modules and self._modules[name] is self._modules.get(ln_in)
             if aliased and pre in self._modules and attn_out in self._modules:
                 self._virtual[name] = ResidMidAccess(
-                    name, OutputAccess(pre, self._modules[pre]),
+                    name,
+                    OutputAccess(pre, self._modules[pre]),
                     OutputAccess(attn_out, self._modules[attn_out]),
                 )
 
@@ -356,7 +357,7 @@ class HuggingFaceBackend(Backend):
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__(model)
-        config = model.config  # type: ignore[union-attr]
+        config: Any = model.config
         self.gpt2 = hasattr(model, "transformer") and hasattr(model.transformer, "h")
         self.kind = "hf-gpt2" if self.gpt2 else "hf-llama"
         self.n_layers = int(config.num_hidden_layers)
@@ -367,7 +368,9 @@ class HuggingFaceBackend(Backend):
 
     def _blocks(self) -> list[tuple[str, nn.Module]]:
         root = "transformer.h" if self.gpt2 else "model.layers"
-        return [(f"{root}.{i}", self._modules[f"{root}.{i}"]) for i in range(int(self.n_layers or 0))]
+        return [
+            (f"{root}.{i}", self._modules[f"{root}.{i}"]) for i in range(int(self.n_layers or 0))
+        ]
 
     def _build_virtual(self) -> dict[str, SiteAccess]:
         found: dict[str, SiteAccess] = {}
@@ -383,19 +386,23 @@ class HuggingFaceBackend(Backend):
             found[f"{tl}.hook_resid_mid"] = ResidMidAccess(
                 f"{tl}.hook_resid_mid", found[f"{tl}.hook_resid_pre"], found[f"{tl}.hook_attn_out"]
             )
-            found[f"{tl}.hook_mlp_out"] = OutputAccess(f"{tl}.hook_mlp_out", self._modules[f"{path}.mlp"])
+            found[f"{tl}.hook_mlp_out"] = OutputAccess(
+                f"{tl}.hook_mlp_out", self._modules[f"{path}.mlp"]
+            )
             o_proj = self._modules[f"{attn_path}.c_proj" if self.gpt2 else f"{attn_path}.o_proj"]
             found[f"{tl}.attn.hook_z"] = InputAccess(f"{tl}.attn.hook_z", o_proj, heads)
             if self.gpt2:
-                c_attn = self._modules[f"{attn_path}.c_attn"]
-                d = c_attn.weight.shape[1] // 3  # type: ignore[index]
+                c_attn: Any = self._modules[f"{attn_path}.c_attn"]
+                d = int(c_attn.weight.shape[1]) // 3  # GPT-2 Conv1D weight: [d, 3d]
                 for i, part in enumerate("qkv"):
                     name = f"{tl}.attn.hook_{part}"
                     found[name] = SliceOutputAccess(name, c_attn, i * d, (i + 1) * d, heads)
             else:
                 for part, n in (("q", heads), ("k", kv), ("v", kv)):
                     name = f"{tl}.attn.hook_{part}"
-                    found[name] = _HeadOutputAccess(name, self._modules[f"{attn_path}.{part}_proj"], n)
+                    found[name] = _HeadOutputAccess(
+                        name, self._modules[f"{attn_path}.{part}_proj"], n
+                    )
         return found
 
     def virtual_sites(self) -> dict[str, SiteAccess]:

@@ -28,16 +28,30 @@ def hf_gpt2(seed=0):
 def hf_llama(seed=0):
     torch.manual_seed(seed)
     cfg = transformers.LlamaConfig(
-        num_hidden_layers=2, hidden_size=32, num_attention_heads=4, num_key_value_heads=2,
-        intermediate_size=64, vocab_size=VOCAB, max_position_embeddings=16,
+        num_hidden_layers=2,
+        hidden_size=32,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=64,
+        vocab_size=VOCAB,
+        max_position_embeddings=16,
     )
     return transformers.LlamaForCausalLM(cfg).eval()
 
 
 def native(seed=0):
     cfg = TransformerBridgeConfig(
-        d_model=32, d_head=8, n_heads=4, n_layers=2, n_ctx=16, d_vocab=VOCAB, attn_only=False,
-        d_mlp=64, act_fn="gelu", normalization_type="LN", seed=seed,
+        d_model=32,
+        d_head=8,
+        n_heads=4,
+        n_layers=2,
+        n_ctx=16,
+        d_vocab=VOCAB,
+        attn_only=False,
+        d_mlp=64,
+        act_fn="gelu",
+        normalization_type="LN",
+        seed=seed,
     )
     return tl.TransformerBridge.boot_native(cfg).eval()
 
@@ -52,13 +66,18 @@ def task():
     clean = torch.randint(0, VOCAB, (4, POS), generator=g)
     corrupt = clean.clone()
     corrupt[:, 2] = (corrupt[:, 2] + 1) % VOCAB
-    answer, wrong = torch.randint(0, VOCAB, (4,), generator=g), torch.randint(0, VOCAB, (4,), generator=g)
+    answer, wrong = (
+        torch.randint(0, VOCAB, (4,), generator=g),
+        torch.randint(0, VOCAB, (4,), generator=g),
+    )
     return clean, corrupt, logit_diff(answer, wrong)
 
 
 def all_hooks(model):
     """torch hooks plus transformer-lens's own hook lists."""
-    lens = sum(len(getattr(m, "fwd_hooks", [])) + len(getattr(m, "bwd_hooks", [])) for m in model.modules())
+    lens = sum(
+        len(getattr(m, "fwd_hooks", [])) + len(getattr(m, "bwd_hooks", [])) for m in model.modules()
+    )
     return hook_count(model) + lens
 
 
@@ -84,7 +103,9 @@ def test_sweeps_equal_transformer_lens_helpers(task, make):
     mean_metric = lambda logits: metric(logits).mean()  # noqa: E731
     for (component, positions), helper in HELPERS.items():
         before = all_hooks(model)  # transformer-lens's run_with_cache leaves hooks of its own
-        ours = activation_patching(model, clean, corrupt, metric, components=[component], positions=positions)
+        ours = activation_patching(
+            model, clean, corrupt, metric, components=[component], positions=positions
+        )
         assert all_hooks(model) == before
         theirs = getattr(tl_patching, helper)(model, corrupt, clean_cache, mean_metric)
         grid = ours.grid(component)
@@ -111,10 +132,22 @@ def test_resid_mid_on_bridges_reaches_the_residual_stream(task, make):
     torch.testing.assert_close(cache[site], tl_cache[site], atol=1e-6, rtol=0)
 
 
-COMPONENTS = ["resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "head_out", "q", "k", "v"]
+COMPONENTS = [
+    "resid_pre",
+    "resid_mid",
+    "resid_post",
+    "attn_out",
+    "mlp_out",
+    "head_out",
+    "q",
+    "k",
+    "v",
+]
 
 
-@pytest.mark.parametrize(("make", "name"), [(hf_gpt2, "GPT2LMHeadModel"), (hf_llama, "LlamaForCausalLM")])
+@pytest.mark.parametrize(
+    ("make", "name"), [(hf_gpt2, "GPT2LMHeadModel"), (hf_llama, "LlamaForCausalLM")]
+)
 def test_hugging_face_models_equal_their_bridges(task, make, name):
     """Per-head sites split before the output projection (and GQA key/value heads) give
     the numbers transformer-lens's hook points give on a bridge of the same weights."""
@@ -138,7 +171,12 @@ def test_hugging_face_models_equal_their_bridges(task, make, name):
 def test_hugging_face_full_patches_reproduce_clean_runs(task):
     clean, corrupt, _ = task
     hf = hf_llama()
-    sites = ["blocks.0.hook_resid_pre", "blocks.1.hook_resid_mid", "blocks.1.attn.hook_z", "blocks.1.hook_attn_out"]
+    sites = [
+        "blocks.0.hook_resid_pre",
+        "blocks.1.hook_resid_mid",
+        "blocks.1.attn.hook_z",
+        "blocks.1.hook_attn_out",
+    ]
     cache = record_activations(hf, clean, sites)
     for site in sites[:2]:
         with intervene(hf, [Intervention(site, cache[site])]):

@@ -1,6 +1,9 @@
 """Activation patching sweeps on the reference transformer: exactness, modes, metrics,
 results and bad input (no transformer-lens needed)."""
 
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -19,12 +22,25 @@ from dynalens.probe.interventions_sites import CapabilityError
 
 from ..probe.conftest import hook_count
 
-ALL = ["resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "head_out", "q", "k", "v", "pattern"]
+ALL = [
+    "resid_pre",
+    "resid_mid",
+    "resid_post",
+    "attn_out",
+    "mlp_out",
+    "head_out",
+    "q",
+    "k",
+    "v",
+    "pattern",
+]
 
 
 @pytest.fixture(scope="module")
 def model():
-    return ReferenceTransformer(ReferenceConfig(n_layers=2, d_model=32, n_heads=4, d_mlp=64), seed=1).eval()
+    return ReferenceTransformer(
+        ReferenceConfig(n_layers=2, d_model=32, n_heads=4, d_mlp=64), seed=1
+    ).eval()
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +59,9 @@ def per_cell_loop(model, clean, corrupt, metric, cells, mode):
     cache = record_activations(model, source, list({c.site for c in cells}))
     rows = []
     for c in cells:
-        with intervene(model, [Intervention(c.site, cache[c.site], positions=c.position, heads=c.head)]):
+        with intervene(
+            model, [Intervention(c.site, cache[c.site], positions=c.position, heads=c.head)]
+        ):
             rows.append(metric(model(base)).double())
     return torch.stack(rows)
 
@@ -56,7 +74,9 @@ def full_sweep_by_loop(model, task):
 
 
 @pytest.mark.parametrize("max_rows", [6, 17, 60, 10_000])
-def test_batched_equals_per_cell_loop_for_every_chunk_size(model, task, full_sweep_by_loop, max_rows):
+def test_batched_equals_per_cell_loop_for_every_chunk_size(
+    model, task, full_sweep_by_loop, max_rows
+):
     clean, corrupt, metric = task
     result = activation_patching(model, clean, corrupt, metric, components=ALL, max_rows=max_rows)
     cells, expected = full_sweep_by_loop
@@ -67,14 +87,29 @@ def test_batched_equals_per_cell_loop_for_every_chunk_size(model, task, full_swe
 
 def test_noising_equals_per_cell_loop_with_shuffled_rows(model, task):
     clean, corrupt, metric = task
-    result = activation_patching(model, clean, corrupt, metric, components=["head_out"], positions="all", mode="noising", max_rows=13)
+    result = activation_patching(
+        model,
+        clean,
+        corrupt,
+        metric,
+        components=["head_out"],
+        positions="all",
+        mode="noising",
+        max_rows=13,
+    )
     expected = per_cell_loop(model, clean, corrupt, metric, result.cells, "noising")
     torch.testing.assert_close(result.values, expected, atol=1e-6, rtol=0)
     perm = torch.randperm(6, generator=torch.Generator().manual_seed(1))
     answer_metric = task[2]
     shuffled = activation_patching(
-        model, clean[perm], corrupt[perm], lambda lg: answer_metric_perm(lg, answer_metric, perm),
-        components=["head_out"], positions="all", mode="noising", max_rows=13,
+        model,
+        clean[perm],
+        corrupt[perm],
+        lambda lg: answer_metric_perm(lg, answer_metric, perm),
+        components=["head_out"],
+        positions="all",
+        mode="noising",
+        max_rows=13,
     )
     torch.testing.assert_close(shuffled.values, result.values[:, perm], atol=1e-6, rtol=0)
 
@@ -91,9 +126,13 @@ def test_recovery_is_one_where_the_corruption_lives(model, task):
     norm = r.normalised()
     assert norm[2].item() == pytest.approx(1.0, abs=1e-5)  # position 2 carries all
     assert torch.allclose(norm[[0, 1, 3, 4, 5, 6]], torch.zeros(6, dtype=torch.float64), atol=1e-6)
-    last = activation_patching(model, clean, corrupt, metric, components=["resid_post"], layers=[1], positions=[6])
+    last = activation_patching(
+        model, clean, corrupt, metric, components=["resid_post"], layers=[1], positions=[6]
+    )
     assert last.normalised()[0].item() == pytest.approx(1.0, abs=1e-5)
-    noised = activation_patching(model, clean, corrupt, metric, components=["resid_pre"], layers=[0], mode="noising")
+    noised = activation_patching(
+        model, clean, corrupt, metric, components=["resid_pre"], layers=[0], mode="noising"
+    )
     assert noised.normalised()[2].item() == pytest.approx(0.0, abs=1e-5)  # destroys it
     assert noised.normalised()[0].item() == pytest.approx(1.0, abs=1e-5)  # leaves it
 
@@ -103,7 +142,9 @@ def test_all_heads_of_a_layer_equal_the_attention_output(model, task):
     cache = record_activations(model, clean, ["blocks.1.attn.hook_z", "blocks.1.hook_attn_out"])
     with intervene(model, [Intervention("blocks.1.attn.hook_z", cache["blocks.1.attn.hook_z"])]):
         by_heads = model(corrupt)
-    with intervene(model, [Intervention("blocks.1.hook_attn_out", cache["blocks.1.hook_attn_out"])]):
+    with intervene(
+        model, [Intervention("blocks.1.hook_attn_out", cache["blocks.1.hook_attn_out"])]
+    ):
         by_output = model(corrupt)
     torch.testing.assert_close(by_heads, by_output, atol=1e-5, rtol=0)
 
@@ -112,8 +153,12 @@ def test_mean_and_zero_ablation_match_direct_interventions(model, task):
     clean, corrupt, metric = task
     g = torch.Generator().manual_seed(5)
     reference = torch.randint(0, 20, (9, 7), generator=g)
-    mean = activation_patching(model, clean, corrupt, metric, components=["mlp_out"], mode="mean", reference=reference)
-    zero = activation_patching(model, clean, None, metric, components=["mlp_out"], mode="zero", positions="all")
+    mean = activation_patching(
+        model, clean, corrupt, metric, components=["mlp_out"], mode="mean", reference=reference
+    )
+    zero = activation_patching(
+        model, clean, None, metric, components=["mlp_out"], mode="zero", positions="all"
+    )
     site = "blocks.0.hook_mlp_out"
     ref_mean = record_activations(model, reference, [site])[site].mean(0, keepdim=True)
     with intervene(model, [Intervention(site, ref_mean, positions=[4])]):
@@ -130,7 +175,9 @@ def test_mean_and_zero_ablation_match_direct_interventions(model, task):
 
 def test_metrics_against_closed_forms():
     logits = torch.tensor([[[0.0, 1.0, 3.0]], [[2.0, 0.0, -1.0]]])
-    torch.testing.assert_close(logit_diff(torch.tensor([2, 0]), 1)(logits), torch.tensor([2.0, 2.0]))
+    torch.testing.assert_close(
+        logit_diff(torch.tensor([2, 0]), 1)(logits), torch.tensor([2.0, 2.0])
+    )
     p = probability(2)(logits)
     torch.testing.assert_close(p, torch.softmax(logits[:, 0].double(), -1)[:, 2])
     assert torch.all(kl_to_clean(logits)(logits) == 0)
@@ -143,36 +190,80 @@ def test_metrics_against_closed_forms():
 def test_kl_to_clean_is_zero_for_full_denoising(model, task):
     clean, corrupt, _ = task
     kl = kl_to_clean(model(clean).detach())
-    r = activation_patching(model, clean, corrupt, kl, components=["resid_pre"], layers=[0], positions="all")
+    r = activation_patching(
+        model, clean, corrupt, kl, components=["resid_pre"], layers=[0], positions="all"
+    )
     assert r.mean()[0].item() == pytest.approx(0.0, abs=1e-9)
     assert r.corrupt.mean() > 0
 
 
 def test_bootstrap_weights_equal_resampled_means():
     g = torch.Generator().manual_seed(0)
-    values, clean, corrupt = torch.randn(3, 8, generator=g, dtype=torch.float64), torch.randn(8, dtype=torch.float64) + 5, torch.randn(8, dtype=torch.float64)
-    result = PatchingResult([Cell("x", i, "s") for i in range(3)], values, corrupt, clean, corrupt, "denoising")
+    values, clean, corrupt = (
+        torch.randn(3, 8, generator=g, dtype=torch.float64),
+        torch.randn(8, dtype=torch.float64) + 5,
+        torch.randn(8, dtype=torch.float64),
+    )
+    result = PatchingResult(
+        [Cell("x", i, "s") for i in range(3)], values, corrupt, clean, corrupt, "denoising"
+    )
     got = result.bootstrap(n_boot=200, level=0.9, seed=3)
     draws = torch.randint(0, 8, (200, 8), generator=torch.Generator().manual_seed(3))
     loop_effect = torch.stack([values[:, d].mean(1) - corrupt[d].mean() for d in draws], 1)
-    loop_norm = torch.stack([(values[:, d].mean(1) - corrupt[d].mean()) / (clean[d].mean() - corrupt[d].mean()) for d in draws], 1)
+    loop_norm = torch.stack(
+        [
+            (values[:, d].mean(1) - corrupt[d].mean()) / (clean[d].mean() - corrupt[d].mean())
+            for d in draws
+        ],
+        1,
+    )
     q = torch.tensor([0.05, 0.95], dtype=torch.float64)
-    torch.testing.assert_close(torch.stack([got["effect_lo"], got["effect_hi"]]), torch.quantile(loop_effect, q, dim=1))
-    torch.testing.assert_close(torch.stack([got["normalised_lo"], got["normalised_hi"]]), torch.quantile(loop_norm, q, dim=1))
-    assert torch.all(got["effect_lo"] <= result.effect()) and torch.all(result.effect() <= got["effect_hi"])
+    torch.testing.assert_close(
+        torch.stack([got["effect_lo"], got["effect_hi"]]), torch.quantile(loop_effect, q, dim=1)
+    )
+    torch.testing.assert_close(
+        torch.stack([got["normalised_lo"], got["normalised_hi"]]),
+        torch.quantile(loop_norm, q, dim=1),
+    )
+    assert torch.all(got["effect_lo"] <= result.effect()) and torch.all(
+        result.effect() <= got["effect_hi"]
+    )
 
 
 def test_table_grid_and_heatmap(model, task):
     clean, corrupt, metric = task
-    r = activation_patching(model, clean, corrupt, metric, components=["resid_pre", "head_out", "pattern"], positions=[2, 6])
+    r = activation_patching(
+        model,
+        clean,
+        corrupt,
+        metric,
+        components=["resid_pre", "head_out", "pattern"],
+        positions=[2, 6],
+    )
     table = r.table(n_boot=100)
-    assert list(table.columns) == ["component", "site", "layer", "position", "head", "value", "effect", "effect_lo", "effect_hi", "normalised", "normalised_lo", "normalised_hi", "mode"]
+    assert list(table.columns) == [
+        "component",
+        "site",
+        "layer",
+        "position",
+        "head",
+        "value",
+        "effect",
+        "effect_lo",
+        "effect_hi",
+        "normalised",
+        "normalised_lo",
+        "normalised_hi",
+        "mode",
+    ]
     assert len(table) == len(r.cells) == 2 * 2 + 2 * 2 * 4 * 2
     assert table["head"].isna().sum() == 4
     assert r.grid("resid_pre").shape == (2, 2)
     assert r.grid("head_out").shape == (2, 2, 4)
     assert r.grid("pattern").shape == (2, 4, 2)
-    all_pos = activation_patching(model, clean, corrupt, metric, components=["head_out"], positions="all")
+    all_pos = activation_patching(
+        model, clean, corrupt, metric, components=["head_out"], positions="all"
+    )
     assert all_pos.grid("head_out", "normalised").shape == (2, 4)
     pytest.importorskip("plotly")
     from dynalens.circuits.figures import patching_heatmap
@@ -221,7 +312,9 @@ def test_clean_and_corrupt_of_different_shapes(model, task):
 
 def test_scalar_metric_is_refused(model, task):
     clean, corrupt, metric = task
-    with pytest.raises(InvalidInputError, match=r"one value per example \(a \[6\] tensor\); got \(\)"):
+    with pytest.raises(
+        InvalidInputError, match=r"one value per example \(a \[6\] tensor\); got \(\)"
+    ):
         activation_patching(model, clean, corrupt, lambda lg: metric(lg).mean())
 
 
@@ -252,5 +345,15 @@ def test_bad_parameters(model, task):
     with pytest.raises(InvalidInputError, match="needs a corrupt input"):
         activation_patching(model, clean, None, metric)
     same = activation_patching(model, clean, clean, metric, layers=[0], positions=[0])
-    with pytest.raises(InvalidParameterError, match="recovery .* is undefined"):
+    with pytest.raises(InvalidParameterError, match=r"recovery .* is undefined"):
         same.normalised()
+
+
+def test_importing_circuits_stays_light():
+    code = (
+        "import sys, dynalens, dynalens.circuits, dynalens.probe.interventions\n"
+        "heavy = ('transformer_lens', 'transformers', 'plotly', 'pandas')\n"
+        "print([m for m in heavy if m in sys.modules])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -98,7 +98,10 @@ def test_add_zero_mean_and_callable_sources(model, pair):
     delta = torch.randn(1, 1, 32)
     cases = {
         "add": (Intervention(RESID, delta, op="add"), base + delta),
-        "zero": (Intervention(RESID, "zero", positions=[2]), base.index_fill(1, torch.tensor([2]), 0.0)),
+        "zero": (
+            Intervention(RESID, "zero", positions=[2]),
+            base.index_fill(1, torch.tensor([2]), 0.0),
+        ),
         "callable": (Intervention(RESID, lambda a: 2 * a), 2 * base),
     }
     mean = mean_activation(record_activations(model, clean, [RESID])[RESID])
@@ -141,7 +144,7 @@ def test_any_module_by_path():
 
 
 def test_unknown_site_names_close_matches(model):
-    with pytest.raises(SiteNotFoundError, match="did you mean 'blocks.0.hook_resid_pre'"):
+    with pytest.raises(SiteNotFoundError, match=r"did you mean 'blocks\.0\.hook_resid_pre'"):
         with intervene(model, [Intervention("blocks.0.hook_resid_pr", "zero")]):
             pass
     assert hook_count(model) == 0
@@ -155,7 +158,10 @@ def test_unknown_site_names_close_matches(model):
         (Intervention(RESID, "zero", heads=[0]), "no 'head' axis"),
         (Intervention(RESID, torch.zeros(5, 6, 32)), "does not fit the activation"),
         (Intervention(RESID, lambda a: a[:, 0]), "must return a tensor of the activation's shape"),
-        (Intervention(RESID, torch.zeros(5, 7, 32), op="project", basis=torch.eye(8)[:, :2]), "basis has 8 rows"),
+        (
+            Intervention(RESID, torch.zeros(5, 7, 32), op="project", basis=torch.eye(8)[:, :2]),
+            "basis has 8 rows",
+        ),
     ],
 )
 def test_bad_inputs_raise_in_the_forward(model, pair, iv, match):
