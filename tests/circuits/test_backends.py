@@ -192,3 +192,32 @@ def test_hugging_face_pattern_names_the_alternative(task):
     clean, corrupt, metric = task
     with pytest.raises(CapabilityError, match="build_bridge_from_module"):
         activation_patching(hf_gpt2(), clean, corrupt, metric, components=["pattern"])
+
+
+def test_attribution_on_attention_only_native_bridge(task):
+    """transformer-lens's node attribution_patch wants hook_mlp_out and fails on
+    attention-only models; dynalens's runs and tracks exact patching."""
+    from dynalens.circuits.attribution import attribution_patching
+
+    cfg = TransformerBridgeConfig(
+        d_model=32, d_head=8, n_heads=4, n_layers=2, n_ctx=16, d_vocab=VOCAB, attn_only=True,
+        d_mlp=None, act_fn="gelu", normalization_type="LN", seed=1,
+    )  # fmt: skip
+    model = tl.TransformerBridge.boot_native(cfg).eval()
+    clean, corrupt, metric = task
+    kw = {"components": ["head_out"], "positions": "each"}
+    exact = activation_patching(model, clean, corrupt, metric, **kw).effect()
+    estimate = attribution_patching(model, clean, corrupt, metric, ig_steps=4, **kw).effect()
+    assert torch.corrcoef(torch.stack([exact, estimate]))[0, 1] >= 0.99
+
+
+def test_attribution_on_hugging_face_equals_its_bridge(task):
+    from dynalens.circuits.attribution import attribution_patching
+
+    clean, corrupt, metric = task
+    kw = {"components": ["head_out", "mlp_out"], "positions": "each", "ig_steps": 3}
+    ours = attribution_patching(hf_gpt2(), clean, corrupt, metric, **kw)
+    bridged = attribution_patching(
+        bridge_of(hf_gpt2, "GPT2LMHeadModel"), clean, corrupt, metric, **kw
+    )
+    torch.testing.assert_close(ours.values, bridged.values, atol=1e-5, rtol=0)
