@@ -1,9 +1,10 @@
-"""circuits: activation patching (and, next, path and attribution patching) on any model.
+"""circuits: activation and attribution patching on any model.
 
 Builds on the intervention primitive of :mod:`dynalens.probe.interventions`. Importing
 this package imports neither transformer-lens, transformers, pandas nor plotly.
 """
 
+from dynalens.circuits.attribution import attribution_patching
 from dynalens.circuits.metrics import kl_to_clean, logit_diff, probability
 from dynalens.circuits.patching import activation_patching, make_cells, run_cells
 from dynalens.circuits.reference import ReferenceConfig, ReferenceTransformer
@@ -15,6 +16,7 @@ __all__ = [
     "ReferenceConfig",
     "ReferenceTransformer",
     "activation_patching",
+    "attribution_patching",
     "kl_to_clean",
     "logit_diff",
     "make_cells",
