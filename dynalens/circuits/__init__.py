@@ -1,4 +1,4 @@
-"""circuits: activation and attribution patching on any model.
+"""circuits: activation, path and attribution patching on any model.
 
 Builds on the intervention primitive of :mod:`dynalens.probe.interventions`. Importing
 this package imports neither transformer-lens, transformers, pandas nor plotly.
@@ -6,6 +6,7 @@ this package imports neither transformer-lens, transformers, pandas nor plotly.
 
 from dynalens.circuits.attribution import attribution_patching
 from dynalens.circuits.metrics import kl_to_clean, logit_diff, probability
+from dynalens.circuits.path_patching import path_patching
 from dynalens.circuits.patching import activation_patching, make_cells, run_cells
 from dynalens.circuits.reference import ReferenceConfig, ReferenceTransformer
 from dynalens.circuits.results import Cell, PatchingResult
@@ -20,6 +21,7 @@ __all__ = [
     "kl_to_clean",
     "logit_diff",
     "make_cells",
+    "path_patching",
     "probability",
     "run_cells",
 ]
