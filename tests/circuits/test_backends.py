@@ -56,6 +56,46 @@ def native(seed=0):
     return tl.TransformerBridge.boot_native(cfg).eval()
 
 
+def hooked_root_module(seed=0):
+    """The reference transformer as a legacy-style HookedRootModule (HookPoints, setup())."""
+    from types import SimpleNamespace
+
+    from transformer_lens.hook_points import HookPoint
+    from transformer_lens.HookedRootModule import HookedRootModule
+
+    from dynalens.circuits import ReferenceConfig, ReferenceTransformer
+    from dynalens.circuits.reference import HookSite
+
+    class HookedReference(HookedRootModule):
+        forward = ReferenceTransformer.forward
+
+        def __init__(self, ref):
+            super().__init__()
+            for name, child in ref.named_children():
+                setattr(self, name, child)
+            for name, mod in list(self.named_modules()):
+                if isinstance(mod, HookSite):
+                    parent, _, leaf = name.rpartition(".")
+                    setattr(self.get_submodule(parent), leaf, HookPoint())
+            c = ref.cfg
+            self.cfg = SimpleNamespace(
+                n_layers=c.n_layers, n_heads=c.n_heads, d_model=c.d_model, d_head=c.d_head,
+                d_vocab=c.d_vocab, n_ctx=c.n_ctx, device="cpu", n_key_value_heads=None,
+            )  # fmt: skip
+            self.setup()
+
+    cfg = ReferenceConfig(n_layers=2, d_model=32, n_heads=4, d_vocab=VOCAB, d_mlp=64)
+    return HookedReference(ReferenceTransformer(cfg, seed=seed)).eval()
+
+
+def make_tl_model(kind):
+    if kind == "native":
+        return native()
+    if kind == "gpt2-bridge":
+        return bridge_of(hf_gpt2, "GPT2LMHeadModel")
+    return hooked_root_module()
+
+
 def bridge_of(make, name):
     return build_bridge_from_module(make(), name, hf_config=make().config).eval()
 
@@ -95,9 +135,9 @@ HELPERS = {  # component, positions -> transformer-lens helper
 }
 
 
-@pytest.mark.parametrize("make", ["native", "gpt2-bridge"])
+@pytest.mark.parametrize("make", ["native", "gpt2-bridge", "hooked-root-module"])
 def test_sweeps_equal_transformer_lens_helpers(task, make):
-    model = native() if make == "native" else bridge_of(hf_gpt2, "GPT2LMHeadModel")
+    model = make_tl_model(make)
     clean, corrupt, metric = task
     _, clean_cache = model.run_with_cache(clean)
     mean_metric = lambda logits: metric(logits).mean()  # noqa: E731
