@@ -120,9 +120,36 @@ class PatchingResult:
             out["normalised_lo"], out["normalised_hi"] = torch.quantile(norm, q, dim=1)
         return out
 
+    def p_values(self, n_perm: int = 10_000, seed: int = 0) -> torch.Tensor:
+        """Two-sided paired sign-flip test of ``effect = 0`` per cell ``[cells]``.
+
+        The per-example effects ``d_b = m_patched,b - m_base,b`` are symmetric about 0
+        under the null, so ``p = P(|mean(s ⊙ d)| >= |mean(d)|)`` over random signs ``s``:
+        exact enumeration when ``2^B <= n_perm``, else Monte Carlo with the ``(k + 1) /
+        (n + 1)`` estimate (Phipson & Smyth 2010).
+        """
+        if n_perm < 1:
+            raise InvalidParameterError(f"n_perm must be >= 1; got {n_perm}.")
+        diffs = self.values - self.base[None]  # [cells, B]
+        b = diffs.shape[1]
+        if 2**b <= n_perm:
+            codes = torch.arange(2**b)[:, None]
+            signs = 1.0 - 2.0 * ((codes >> torch.arange(b)) & 1).double()  # all 2^B patterns
+            correction = 0
+        else:
+            g = torch.Generator().manual_seed(seed)
+            signs = 1.0 - 2.0 * torch.randint(0, 2, (n_perm, b), generator=g).double()
+            correction = 1
+        observed = diffs.mean(1).abs()
+        null = (diffs @ signs.T / b).abs()  # [cells, patterns]
+        tol = 1e-12 * observed.clamp_min(1.0)
+        hits = (null >= (observed - tol)[:, None]).sum(1)
+        return (hits + correction) / (signs.shape[0] + correction)
+
     def table(self, n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> pd.DataFrame:
         """A tidy table, one row per cell: component, site, layer, position, head, value,
-        effect (with interval), normalised (with interval) and mode."""
+        effect (with interval), normalised (with interval), the sign-flip p-value of the
+        effect, and mode."""
         pd = require("pandas", "PatchingResult.table")
         cols: dict[str, Any] = {
             "component": [c.component for c in self.cells],
@@ -140,6 +167,7 @@ class PatchingResult:
             cols["normalised"] = self.normalised().numpy()
             cols["normalised_lo"] = intervals["normalised_lo"].numpy()
             cols["normalised_hi"] = intervals["normalised_hi"].numpy()
+        cols["p_value"] = self.p_values(seed=seed).numpy()
         cols["mode"] = self.mode
         return pd.DataFrame(cols)
 

@@ -230,6 +230,31 @@ def test_bootstrap_weights_equal_resampled_means():
     )
 
 
+def test_sign_flip_p_values_against_enumeration():
+    g = torch.Generator().manual_seed(1)
+    base = torch.randn(6, dtype=torch.float64, generator=g)
+    diffs = torch.stack([
+        torch.tensor([0.5, 1.0, 2.0, 0.1, 0.3, 0.7], dtype=torch.float64),  # all positive
+        torch.randn(6, dtype=torch.float64, generator=g),
+        torch.zeros(6, dtype=torch.float64),
+    ])  # fmt: skip
+    result = PatchingResult(
+        [Cell("x", i, "s") for i in range(3)], base + diffs, base, base + 1, base, "noising"
+    )
+    p = result.p_values()
+    assert p[0].item() == pytest.approx(2 / 64)  # only all-plus and all-minus reach it
+    brute = 0
+    for code in range(64):
+        signs = torch.tensor([1.0 - 2.0 * ((code >> i) & 1) for i in range(6)], dtype=torch.float64)
+        brute += int((signs * diffs[1]).mean().abs() >= diffs[1].mean().abs() - 1e-12)
+    assert p[1].item() == pytest.approx(brute / 64)
+    assert p[2].item() == 1.0
+    monte_carlo = result.p_values(n_perm=2_000, seed=0)  # 2^6 <= 2000: still exact
+    torch.testing.assert_close(monte_carlo, p)
+    sampled = result.p_values(n_perm=40, seed=0)  # 64 > 40: Monte Carlo, (k + 1) / (n + 1)
+    assert sampled[0].item() < 0.2 and sampled[2].item() == 1.0
+
+
 def test_table_grid_and_heatmap(model, task):
     clean, corrupt, metric = task
     r = activation_patching(
@@ -254,6 +279,7 @@ def test_table_grid_and_heatmap(model, task):
         "normalised",
         "normalised_lo",
         "normalised_hi",
+        "p_value",
         "mode",
     ]
     assert len(table) == len(r.cells) == 2 * 2 + 2 * 2 * 4 * 2
