@@ -22,7 +22,8 @@ the edited tensor back into the forward pass. Three kinds cover every backend:
 
 Backends (:func:`detect_backend`) are feature-detected; each resolves transformer-lens
 names (``blocks.{layer}.hook_resid_pre``, ``blocks.{layer}.attn.hook_z``, ...) so that a
-sweep reads the same on every model, and every module path stays a site.
+sweep reads the same on every model, and every module path stays a site. The Hugging
+Face backend lives in :mod:`dynalens.probe.interventions_hf`.
 """
 
 from __future__ import annotations
@@ -350,95 +351,6 @@ class TransformerLensBackend(Backend):
         return self._virtual
 
 
-class HuggingFaceBackend(Backend):
-    """Hugging Face causal LMs: GPT-2 (``transformer.h``) and Llama-style decoders
-    (``model.layers``, grouped-query attention), reached by module paths plus
-    transformer-lens-named virtual sites."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__(model)
-        config: Any = model.config
-        self.gpt2 = hasattr(model, "transformer") and hasattr(model.transformer, "h")
-        self.kind = "hf-gpt2" if self.gpt2 else "hf-llama"
-        self.n_layers = int(config.num_hidden_layers)
-        self.n_heads = int(config.num_attention_heads)
-        kv = getattr(config, "num_key_value_heads", None)
-        self.n_kv_heads = int(kv) if kv and int(kv) != self.n_heads else None
-        self._virtual = self._build_virtual()
-
-    def _blocks(self) -> list[tuple[str, nn.Module]]:
-        root = "transformer.h" if self.gpt2 else "model.layers"
-        return [
-            (f"{root}.{i}", self._modules[f"{root}.{i}"]) for i in range(int(self.n_layers or 0))
-        ]
-
-    def _build_virtual(self) -> dict[str, SiteAccess]:
-        found: dict[str, SiteAccess] = {}
-        heads = int(self.n_heads or 0)
-        kv = int(self.n_kv_heads or heads)
-        for layer, (path, block) in enumerate(self._blocks()):
-            attn_path = f"{path}.attn" if self.gpt2 else f"{path}.self_attn"
-            attn = self._modules[attn_path]
-            tl = f"blocks.{layer}"
-            found[f"{tl}.hook_resid_pre"] = InputAccess(f"{tl}.hook_resid_pre", block)
-            found[f"{tl}.hook_resid_post"] = OutputAccess(f"{tl}.hook_resid_post", block)
-            found[f"{tl}.hook_attn_out"] = OutputAccess(f"{tl}.hook_attn_out", attn)
-            found[f"{tl}.hook_resid_mid"] = ResidMidAccess(
-                f"{tl}.hook_resid_mid", found[f"{tl}.hook_resid_pre"], found[f"{tl}.hook_attn_out"]
-            )
-            found[f"{tl}.hook_mlp_out"] = OutputAccess(
-                f"{tl}.hook_mlp_out", self._modules[f"{path}.mlp"]
-            )
-            o_proj = self._modules[f"{attn_path}.c_proj" if self.gpt2 else f"{attn_path}.o_proj"]
-            found[f"{tl}.attn.hook_z"] = InputAccess(f"{tl}.attn.hook_z", o_proj, heads)
-            if self.gpt2:
-                c_attn: Any = self._modules[f"{attn_path}.c_attn"]
-                d = int(c_attn.weight.shape[1]) // 3  # GPT-2 Conv1D weight: [d, 3d]
-                for i, part in enumerate("qkv"):
-                    name = f"{tl}.attn.hook_{part}"
-                    found[name] = SliceOutputAccess(name, c_attn, i * d, (i + 1) * d, heads)
-            else:
-                for part, n in (("q", heads), ("k", kv), ("v", kv)):
-                    name = f"{tl}.attn.hook_{part}"
-                    found[name] = _HeadOutputAccess(
-                        name, self._modules[f"{attn_path}.{part}_proj"], n
-                    )
-        return found
-
-    def virtual_sites(self) -> dict[str, SiteAccess]:
-        return self._virtual
-
-    def _instead(self, component: str) -> str:
-        if component == "pattern":
-            return (
-                ": Hugging Face attention returns no pattern tensor from a module. Wrap the "
-                "model with transformer_lens.model_bridge.sources.build_bridge_from_module "
-                "and sweep the bridge, or patch 'head_out' / 'q' / 'k' / 'v' here."
-            )
-        return super()._instead(component)
-
-
-@dataclass
-class _HeadOutputAccess:
-    """The output of a per-head projection (Llama ``q_proj``), split into heads. The
-    values are pre-rotary, as transformer-lens's ``hook_q`` / ``hook_k`` on bridges."""
-
-    name: str
-    module: nn.Module
-    n_heads: int
-
-    def axes(self, ndim: int) -> tuple[str, ...]:
-        return HEAD_VECTOR
-
-    def attach(self, hooks: EditingHooks, edit: Edit) -> None:
-        def hook(mod: nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> Any:
-            act = output.unflatten(-1, (self.n_heads, -1))
-            new = edit(act)
-            return None if new is act else new.flatten(-2)
-
-        hooks.on_forward_replace(self.module, hook)
-
-
 def detect_backend(model: nn.Module) -> Backend:
     """The backend of ``model``, by feature: transformer-lens names with a ``cfg`` first,
     then Hugging Face GPT-2 / Llama layouts, else module paths only."""
@@ -451,5 +363,7 @@ def detect_backend(model: nn.Module) -> Backend:
     config = getattr(model, "config", None)
     if config is not None and hasattr(config, "num_hidden_layers"):
         if "transformer.h.0.attn.c_proj" in modules or "model.layers.0.self_attn.o_proj" in modules:
+            from dynalens.probe.interventions_hf import HuggingFaceBackend  # imports this module
+
             return HuggingFaceBackend(model)
     return Backend(model)
