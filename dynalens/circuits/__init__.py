@@ -5,6 +5,7 @@ this package imports neither transformer-lens, transformers, pandas nor plotly.
 """
 
 from dynalens.circuits.attribution import attribution_patching
+from dynalens.circuits.edges import EdgeScores, edge_attribution_patching
 from dynalens.circuits.faithfulness import (
     Faithfulness,
     circuit_nodes,
@@ -19,6 +20,7 @@ from dynalens.circuits.results import Cell, PatchingResult
 
 __all__ = [
     "Cell",
+    "EdgeScores",
     "Faithfulness",
     "PatchingResult",
     "ReferenceConfig",
@@ -26,6 +28,7 @@ __all__ = [
     "activation_patching",
     "attribution_patching",
     "circuit_nodes",
+    "edge_attribution_patching",
     "faithfulness",
     "faithfulness_curve",
     "kl_to_clean",

@@ -67,6 +67,22 @@ def _cell_sums(product: torch.Tensor, cell: Cell, axes: tuple[str, ...]) -> torc
     return picked.reshape(picked.shape[0], -1).sum(1)
 
 
+def constant_leaf(point: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """An edit that puts ``point`` in as a leaf requiring grad (where IG's path starts)."""
+    return lambda act: point.clone().requires_grad_(True)
+
+
+def keeper(kept: dict[str, torch.Tensor], site: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """An edit that passes on (and keeps in ``kept[site]``) a copy of the activation, so
+    gradients with respect to it can be taken after the forward."""
+
+    def keep(act: torch.Tensor) -> torch.Tensor:
+        kept[site] = act.clone()
+        return kept[site]
+
+    return keep
+
+
 def _gradients_at(
     model: nn.Module,
     backend: Backend,
@@ -80,22 +96,11 @@ def _gradients_at(
     to ``point``; examples do not interact in eval mode, so row ``b`` of each gradient is
     example ``b``'s own."""
     kept: dict[str, torch.Tensor] = {}
-
-    def at_point(act: torch.Tensor) -> torch.Tensor:
-        return point.clone().requires_grad_(True)
-
-    def keeper(site: str) -> Callable[[torch.Tensor], torch.Tensor]:
-        def keep(act: torch.Tensor) -> torch.Tensor:
-            kept[site] = act.clone()
-            return kept[site]
-
-        return keep
-
     hooks = EditingHooks()
     with hooks, torch.enable_grad():
-        backend.access(embed).attach(hooks, at_point)
+        backend.access(embed).attach(hooks, constant_leaf(point))
         for s in site_names:
-            backend.access(s).attach(hooks, keeper(s))
+            backend.access(s).attach(hooks, keeper(kept, s))
         values = metric(logits_of(model(base)))
         per_example = check_per_example(values, base.shape[0])
         missing = [s for s in site_names if s not in kept or not kept[s].requires_grad]

@@ -261,3 +261,26 @@ def test_attribution_on_hugging_face_equals_its_bridge(task):
         bridge_of(hf_gpt2, "GPT2LMHeadModel"), clean, corrupt, metric, **kw
     )
     torch.testing.assert_close(ours.values, bridged.values, atol=1e-5, rtol=0)
+
+
+def test_edge_attribution_on_native_attention_only_and_hugging_face(task):
+    """transformer-lens's edge attribution_patch fails on boot_native; dynalens's runs
+    there and on plain Hugging Face models, and its edges sum to the node scores."""
+    from dynalens.circuits.edges import edge_attribution_patching
+
+    from .test_edges import assert_edges_sum_to_nodes
+
+    clean, corrupt, metric = task
+    cfg = TransformerBridgeConfig(
+        d_model=32, d_head=8, n_heads=4, n_layers=2, n_ctx=16, d_vocab=VOCAB, attn_only=True,
+        d_mlp=None, act_fn="gelu", normalization_type="LN", seed=1,
+    )  # fmt: skip
+    native_model = tl.TransformerBridge.boot_native(cfg).eval()
+    assert_edges_sum_to_nodes(native_model, clean, corrupt, metric, 2, has_mlp=False)
+    hf = hf_gpt2()
+    ours = assert_edges_sum_to_nodes(hf, clean, corrupt, metric, 2, True, embed="transformer.wte")
+    bridged = edge_attribution_patching(
+        bridge_of(hf_gpt2, "GPT2LMHeadModel"), clean, corrupt, metric, ig_steps=2
+    )
+    assert ours.edges == bridged.edges
+    torch.testing.assert_close(ours.values, bridged.values, atol=1e-5, rtol=1e-4)
