@@ -1,0 +1,244 @@
+"""Activation patching sweeps over layers x positions x components, batched.
+
+Resample patching (Vig et al. 2020; Meng et al. 2022; Wang et al. 2022): with clean
+input ``x`` and token-aligned corrupt ``x′``, *denoising* runs ``x′`` with a cell's
+activation ``a_s(x)`` put in (is the cell sufficient?), *noising* runs ``x`` with
+``a_s(x′)`` put in (is it necessary?) (Heimersheim & Nanda 2024). Ablations run ``x``
+with the cell set to its mean over a reference set (per position) or to zero.
+
+The batched engine stacks cells on the batch axis: a chunk of ``C`` cells runs one
+forward on the base input repeated ``C`` times (``C·B`` rows), and the intervention of
+cell ``c`` writes only rows ``[c·B, (c+1)·B)``. Rows of a model in eval mode do not
+interact, so each cell's logits are those of its own patched run; chunks hold at most
+``max_rows`` rows (activation memory grows linearly in rows: that is the memory bound).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from dynalens.circuits.metrics import Metric, check_per_example
+from dynalens.circuits.results import HEAD_COMPONENTS, Cell, PatchingResult
+from dynalens.errors import InvalidInputError, InvalidParameterError
+from dynalens.probe.interventions import (
+    Intervention,
+    check_eval_mode,
+    intervene,
+    logits_of,
+    mean_activation,
+    record_activations,
+)
+from dynalens.probe.interventions_sites import Backend, detect_backend
+
+MODES = ("denoising", "noising", "mean", "zero")
+
+
+def _positions(positions: str | Sequence[int], n_pos: int) -> list[int | None]:
+    if positions == "all":
+        return [None]
+    if positions == "each":
+        return list(range(n_pos))
+    if isinstance(positions, str):
+        raise InvalidParameterError(
+            f"positions must be 'each', 'all' or a list of ints; got {positions!r}."
+        )
+    bad = [p for p in positions if not -n_pos <= p < n_pos]
+    if bad:
+        raise InvalidInputError(
+            f"positions {bad} out of range for inputs of {n_pos} positions (0..{n_pos - 1})."
+        )
+    return [p % n_pos for p in positions]
+
+
+def make_cells(
+    backend: Backend,
+    n_pos: int,
+    components: Sequence[str] = ("resid_pre",),
+    *,
+    layers: Sequence[int] | None = None,
+    positions: str | Sequence[int] = "each",
+    heads: Sequence[int] | None = None,
+    sites: Sequence[str] | None = None,
+) -> list[Cell]:
+    """The cells of a sweep: components x layers x positions (x heads for per-head
+    components), or, with ``sites``, those sites (layer = index in the list)."""
+    pos = _positions(positions, n_pos)
+    if sites is not None:
+        for s in sites:
+            backend.access(s)  # SiteNotFoundError with close matches
+        return [Cell(s, i, s, p) for i, s in enumerate(sites) for p in pos]
+    cells: list[Cell] = []
+    # a backend without layers gets layer 0 asked, so component_site says what to do
+    all_layers = range(backend.n_layers) if backend.n_layers is not None else range(1)
+    for component in components:
+        for layer in layers if layers is not None else all_layers:
+            site = backend.component_site(component, layer)
+            if component not in HEAD_COMPONENTS:
+                cells.extend(Cell(component, layer, site, p) for p in pos)
+                continue
+            n_heads = backend.heads_of(component)
+            chosen = list(range(n_heads)) if heads is None else list(heads)
+            bad = [h for h in chosen if not 0 <= h < n_heads]
+            if bad:
+                raise InvalidInputError(
+                    f"heads {bad} out of range for {component!r}, which has {n_heads} heads "
+                    f"(0..{n_heads - 1})."
+                )
+            cells.extend(Cell(component, layer, site, p, h) for p in pos for h in chosen)
+    if not cells:
+        raise InvalidParameterError("the sweep has no cells; pass components or sites.")
+    return cells
+
+
+@torch.no_grad()
+def run_cells(
+    model: nn.Module,
+    cells: Sequence[Cell],
+    base: torch.Tensor,
+    sources: dict[str, torch.Tensor | str],
+    metric: Metric,
+    *,
+    max_rows: int = 2048,
+    backend: Backend | None = None,
+) -> torch.Tensor:
+    """Per-example metric values ``[cells, batch]`` of every cell patched into ``base``.
+
+    ``sources[site]`` is the tensor (or ``"zero"``) each cell at that site takes its value
+    from; cells are stacked on the batch axis, ``max(1, max_rows // batch)`` per forward.
+    """
+    backend = backend or detect_backend(model)
+    b = base.shape[0]
+    per_chunk = max(1, max_rows // b)
+    out = torch.empty(len(cells), b, dtype=torch.float64)
+    for start in range(0, len(cells), per_chunk):
+        chunk = cells[start : start + per_chunk]
+        stacked = base.repeat(len(chunk), *([1] * (base.ndim - 1)))
+        interventions = [
+            Intervention(
+                cell.site,
+                sources[cell.site],
+                positions=cell.position,
+                heads=cell.head,
+                rows=range(i * b, (i + 1) * b),
+            )
+            for i, cell in enumerate(chunk)
+        ]
+        with intervene(model, interventions, backend=backend):
+            logits = logits_of(model(stacked))
+        for i in range(len(chunk)):
+            values = metric(logits[i * b : (i + 1) * b])
+            out[start + i] = check_per_example(values, b)
+    return out
+
+
+def activation_patching(
+    model: nn.Module,
+    clean: torch.Tensor,
+    corrupt: torch.Tensor | None,
+    metric: Metric,
+    *,
+    components: Sequence[str] = ("resid_pre",),
+    layers: Sequence[int] | None = None,
+    positions: str | Sequence[int] = "each",
+    heads: Sequence[int] | None = None,
+    sites: Sequence[str] | None = None,
+    mode: str = "denoising",
+    reference: torch.Tensor | None = None,
+    max_rows: int = 2048,
+) -> PatchingResult:
+    """Patch every cell of a sweep and return per-example metric values.
+
+    Parameters
+    ----------
+    model : nn.Module in eval mode
+        Any backend of :func:`~dynalens.probe.interventions_sites.detect_backend`.
+    clean, corrupt : Tensor ``[batch, pos]`` (token ids) of the same shape
+        ``corrupt`` may be ``None`` for ``mode="mean"`` / ``"zero"``.
+    metric : callable ``logits -> [batch]``
+        See :mod:`dynalens.circuits.metrics`.
+    components : names of :data:`~dynalens.probe.interventions_sites.COMPONENT_SITES`
+        ``resid_pre/mid/post``, ``attn_out``, ``mlp_out``, per head ``head_out`` (z),
+        ``q``, ``k``, ``v``, ``pattern`` (positions index the query position).
+    layers, heads : restrict the sweep (default: all).
+    positions : ``"each"`` (one cell per position), ``"all"`` (one cell patching every
+        position) or a list of positions.
+    sites : explicit site names instead of components (any ``nn.Module`` by path).
+    mode : ``"denoising"`` (run corrupt, patch clean), ``"noising"`` (run clean, patch
+        corrupt), ``"mean"`` (run clean, patch the per-position mean of ``reference``,
+        default the clean batch), ``"zero"`` (run clean, patch zeros).
+    max_rows : rows per forward (cells x batch); lower it to bound memory.
+
+    Raises
+    ------
+    InvalidInputError
+        Different shapes of clean and corrupt, positions / heads out of range, a metric
+        without per-example values, a model in training mode.
+    SiteNotFoundError, CapabilityError
+        An unknown site; a component the backend cannot reach (the message says what to
+        use instead).
+    """
+    if mode not in MODES:
+        raise InvalidParameterError(f"mode must be one of {MODES}; got {mode!r}.")
+    check_eval_mode(model)
+    if corrupt is None and mode in ("denoising", "noising"):
+        raise InvalidInputError(f"mode={mode!r} needs a corrupt input; pass corrupt=.")
+    if corrupt is not None and corrupt.shape != clean.shape:
+        raise InvalidInputError(
+            f"clean {tuple(clean.shape)} and corrupt {tuple(corrupt.shape)} must have the same "
+            "shape (token-aligned pairs); pad or truncate them to one length."
+        )
+    if not isinstance(max_rows, int) or max_rows < 1:
+        raise InvalidParameterError(f"max_rows must be a positive int; got {max_rows!r}.")
+    if clean.ndim < 2:
+        raise InvalidInputError(
+            f"inputs must be [batch, pos, ...]; got shape {tuple(clean.shape)}."
+        )
+    backend = detect_backend(model)
+    cells = make_cells(
+        backend,
+        clean.shape[1],
+        components,
+        layers=layers,
+        positions=positions,
+        heads=heads,
+        sites=sites,
+    )
+    b = clean.shape[0]
+    with torch.no_grad():
+        clean_m = check_per_example(metric(logits_of(model(clean))), b)
+        corrupt_m = (
+            None if corrupt is None else check_per_example(metric(logits_of(model(corrupt))), b)
+        )
+    site_names = list(dict.fromkeys(c.site for c in cells))
+    base = corrupt if mode == "denoising" else clean
+    assert base is not None
+    sources: dict[str, torch.Tensor | str]
+    if mode == "zero":
+        sources = dict.fromkeys(site_names, "zero")
+    else:
+        source_input = {"denoising": clean, "noising": corrupt, "mean": reference}[mode]
+        if source_input is None:
+            source_input = clean
+        recorded = record_activations(model, source_input, site_names, backend=backend)
+        if mode == "mean":
+            sources = {k: mean_activation(v) for k, v in recorded.items()}
+        else:
+            sources = dict(recorded)
+    values = run_cells(model, cells, base, sources, metric, max_rows=max_rows, backend=backend)
+    labels = {
+        "denoising": "denoising",
+        "noising": "noising",
+        "mean": "mean-ablation",
+        "zero": "zero-ablation",
+    }
+    return PatchingResult(
+        cells=cells,
+        values=values,
+        base=corrupt_m if mode == "denoising" else clean_m,  # type: ignore[arg-type]
+        clean=clean_m,
+        corrupt=corrupt_m,
+        mode=labels[mode],
+    )
