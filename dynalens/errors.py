@@ -63,6 +63,11 @@ class EstimatorRegimeError(DynalensError, ValueError):
     """An estimator was asked for an answer outside the regime where it is valid."""
 
 
+class EstimatorCostError(EstimatorRegimeError):
+    """An estimate would need far more memory or time than the machine has; refused before
+    anything is allocated (the message gives the cost model and how to proceed)."""
+
+
 def close_matches(name: str, options: Iterable[str], n: int = 3) -> str:
     """Return ``"; did you mean 'a' or 'b'?"`` for the closest options, or ``""``."""
     hits = difflib.get_close_matches(name, list(options), n=n, cutoff=0.5)
