@@ -28,6 +28,7 @@ __all__ = [
     "log_mixture_loo",
     "logit_rounding",
     "normal_logconst",
+    "with_own_term",
 ]
 
 #: the largest rounding error (nats) accepted in one Gaussian-kernel logit
@@ -86,6 +87,15 @@ def log_mixture_loo(t: torch.Tensor, c: torch.Tensor, var: float) -> torch.Tenso
     n, d = c.shape
     lse = gauss_lse(t, c, var=var, exclude_self=True).to(torch.float64)
     return lse - math.log(n - 1) + normal_logconst(d, var)
+
+
+def with_own_term(own: torch.Tensor, loo: torch.Tensor, n: int) -> torch.Tensor:
+    """log (1/n) sum_j N(t_i; c_j, var I) from the own term log N(t_i; c_i, var I), computed
+    exactly from the noise draw, and the leave-one-out mixture ``loo`` (1/(n-1) normalised):
+    the own term never goes through the rounded ||t_i - c_i||^2."""
+    if n == 1:
+        return own
+    return torch.logaddexp(own - math.log(n), loo + math.log1p(-1.0 / n))
 
 
 def group_index(codes: torch.Tensor) -> list[torch.Tensor]:

@@ -27,12 +27,13 @@ the bounds in expectation; the lower bound saturates at log n.
 
 Bounds kept in floating point: each term is at most -log p(x_i) in exact arithmetic
 (p(t) >= p(x_i) p(t | x_i)), so the estimate is at most H(X) (log n for distinct inputs).
-The own-input term N(t_i; c_i, σ² I) is evaluated exactly (from the noise draw, not from
-||t_i - c_i||²), and a noise variance below the resolution of the arithmetic for the given
-activations is refused (:func:`~dynalens.estimators.mi._mixture.check_resolution`: noise_var
-= 1e-20 on 200 samples once returned 3456 nats). ``data="sample"`` refuses a lower bound
-saturated at log n (the samples then cannot place the truth inside the bracket). The
-O(M n² d) cost is checked before starting (:mod:`~dynalens.estimators.mi._cost`).
+The own-input term N(t_i; c_i, σ² I) is evaluated exactly from the noise draw (never from
+the rounded ||t_i - c_i||²) in p(t) and in p(t | x), and a noise variance below the
+resolution of the arithmetic for the given activations is refused
+(:func:`~dynalens.estimators.mi._mixture.check_resolution`; noise_var = 1e-20 on 200
+samples once returned 3456 nats). ``data="sample"`` refuses a lower bound saturated at
+log n (the samples then cannot place the truth inside the bracket). The O(M n² d) cost is
+checked before starting (:mod:`~dynalens.estimators.mi._cost`).
 
 Valid when: y holds the *clean* activations of a layer whose noise model is
 N(0, noise_var I) — the number is the MI of that stochastic layer, and it changes with
@@ -57,10 +58,10 @@ from dynalens.estimators.mi._cost import check_cost, pairwise_seconds
 from dynalens.estimators.mi._mixture import (
     check_resolution,
     group_index,
-    log_mixture,
     log_mixture_loo,
     logit_rounding,
     normal_logconst,
+    with_own_term,
 )
 
 __all__ = ["NoisyChannelMI", "auto_draws", "check_noise_var"]
@@ -189,22 +190,19 @@ class NoisyChannelMI(MIEstimator):
         const = normal_logconst(d, var)
         sigma = math.sqrt(var)
         terms, upper_terms = [], []
+        log_weight = torch.log(weight)
         for _ in range(m):
             z = torch.randn(n, d, generator=gen, dtype=c.dtype, device=c.device)
             t = c + sigma * z
-            logpc = const - 0.5 * z.double().pow(2).sum(1)  # log p(t_i | x_i), exact
+            own = const - 0.5 * z.double().pow(2).sum(1)  # log N(t_i; c_i, σ² I), exact
+            loo = log_mixture_loo(t, c, var)
+            logpc = own.clone()  # log p(t_i | x_i): the mixture over x_i's rows
             for g in groups:
-                logpc[g] = log_mixture(t[g], c[g], var)
-            if det:
-                # p(t_i) = (1/n) N(t_i; c_i) + ((n-1)/n) loo_i: the own term exact, so every
-                # term is <= log n (= H(X) for distinct inputs) whatever the noise
-                loo = log_mixture_loo(t, c, var)
-                logp = torch.logaddexp(logpc - math.log(n), loo + math.log1p(-1.0 / n))
-            else:
-                # p(t) >= p(x_i) p(t | x_i) exactly: keeps every term <= -log p(x_i)
-                logp = torch.maximum(log_mixture(t, c, var), logpc + torch.log(weight))
+                logpc[g] = with_own_term(own[g], log_mixture_loo(t[g], c[g], var), g.numel())
+            # p(t) >= p(x_i) p(t | x_i) exactly: keeps every term <= -log p(x_i) (H(X) bound)
+            logp = torch.maximum(with_own_term(own, loo, n), logpc + log_weight)
             terms.append(logpc - logp)
-            if sample_mode:  # unique inputs, so det and loo above
+            if sample_mode:  # unique inputs: logpc = own, and the leave-one-out bound
                 upper_terms.append(logpc - loo)
         allt = torch.cat(terms)
         est = float(allt.mean())
@@ -242,12 +240,13 @@ class NoisyChannelMI(MIEstimator):
         check_resolution(c, var, self.name)
         m, gen = self._draws(c, params)
         self._check_cost(c, m, m * n * n)
+        const = normal_logconst(d, var)
         vals = []
         for _ in range(m):
-            t = c + math.sqrt(var) * torch.randn(
-                n, d, generator=gen, dtype=c.dtype, device=c.device
-            )
-            vals.append(-log_mixture(t, c, var))
+            z = torch.randn(n, d, generator=gen, dtype=c.dtype, device=c.device)
+            t = c + math.sqrt(var) * z
+            own = const - 0.5 * z.double().pow(2).sum(1)  # exact, as in _estimate
+            vals.append(-with_own_term(own, log_mixture_loo(t, c, var), n))
         allv = torch.cat(vals)
         se = float(allv.std() / math.sqrt(allv.numel())) if allv.numel() > 1 else 0.0
         return self._result(float(allv.mean()), n, params, stderr=se)
