@@ -60,7 +60,7 @@ def test_auto_refuses_deterministic_continuous_relations(relation, dtype):
         x, y = torch.from_numpy(x), torch.from_numpy(y)
     else:
         x, y = x.astype(dtype), y.astype(dtype)
-    with pytest.raises(EstimatorRegimeError, match="not converged.*deterministic relation"):
+    with pytest.raises(EstimatorRegimeError, match=r"not converged.*deterministic relation"):
         mutual_information(x, y)
 
 

@@ -34,7 +34,7 @@ def test_complex_input_is_refused_not_cast_to_its_real_part(make):
     rng = np.random.default_rng(0)
     z = rng.normal(size=200) + 1j * rng.normal(size=200)
     y = z.imag + 0.1 * rng.normal(size=200)  # depends only on the part a cast would drop
-    with pytest.raises(InvalidInputError, match="real numbers.*imaginary part"):
+    with pytest.raises(InvalidInputError, match=r"real numbers.*imaginary part"):
         mutual_information(make(z), y)
     with pytest.raises(InvalidInputError, match="real numbers"):
         mutual_information(y, make(z), method="gaussian")
@@ -90,7 +90,7 @@ def test_12bit_patterns_through_tanh_are_refused_whatever_the_dtype(dtype):
     f = twelve_bit_patterns()
     w = np.random.default_rng(0).normal(size=(12, 3))
     t = np.tanh(f.astype(np.float64) @ w)
-    with pytest.raises(EstimatorRegimeError, match="every row distinct.*noise_var"):
+    with pytest.raises(EstimatorRegimeError, match=r"every row distinct.*noise_var"):
         mutual_information(f.astype(dtype), t)
     with pytest.raises(EstimatorRegimeError, match="every row distinct"):
         mutual_information(torch.from_numpy(f.astype(dtype)), torch.from_numpy(t))

@@ -246,7 +246,8 @@ class NoisyChannelMI(MIEstimator):
             z = torch.randn(n, d, generator=gen, dtype=c.dtype, device=c.device)
             t = c + math.sqrt(var) * z
             own = const - 0.5 * z.double().pow(2).sum(1)  # exact, as in _estimate
-            vals.append(-with_own_term(own, log_mixture_loo(t, c, var), n))
+            loo = log_mixture_loo(t, c, var) if n > 1 else own  # n = 1: unused
+            vals.append(-with_own_term(own, loo, n))
         allv = torch.cat(vals)
         se = float(allv.std() / math.sqrt(allv.numel())) if allv.numel() > 1 else 0.0
         return self._result(float(allv.mean()), n, params, stderr=se)
