@@ -109,8 +109,9 @@ class GaussianMI(MIEstimator):
         if v.discrete:
             raise EstimatorRegimeError(
                 f"{self.name} MI assumes continuous variables, but {v.name} is discrete "
-                "(integer dtype or few whole values). Use method='binning' for discrete-"
-                f"discrete or method='ksg' (Ross 2014) for discrete-continuous, or pass "
+                "(integer dtype, or whole-valued or binary float columns). Use "
+                "method='binning' for discrete-discrete or method='ksg' (Ross 2014) for "
+                "discrete-continuous, or pass "
                 f"{v.name}_discrete=False if it really is continuous."
             )
         t = v.data.to(torch.float64)
