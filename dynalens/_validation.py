@@ -87,6 +87,22 @@ def check_samples_shape(name: str, shape: tuple[int, ...]) -> None:
         )
 
 
+#: an (n, d) array with fewer rows than this *and* fewer rows than columns reads as a
+#: transposed (d, n) array: no estimator measures anything from so few samples
+FEW_SAMPLES = 10
+
+
+def check_not_transposed(name: str, shape: tuple[int, ...]) -> None:
+    """Refuse an (n, d) sample array that looks like a (d, n) one (few rows, more columns)."""
+    n, d = shape
+    if n < d and n < FEW_SAMPLES:
+        raise InvalidInputError(
+            f"{name} has shape ({n}, {d}), i.e. {n} samples of {d} features each; the array "
+            f"looks transposed. Samples must be rows: pass {name}.T (shape ({d}, {n})). "
+            f"No estimator can measure anything from {n} samples."
+        )
+
+
 def as_2d_float(name: str, x: Any, *, dtype: Any = np.float64) -> np.ndarray:
     """Samples as an (n, d) float array; accepts numpy, torch, lists; (n,) becomes (n, 1)."""
     if hasattr(x, "detach"):
@@ -95,6 +111,12 @@ def as_2d_float(name: str, x: Any, *, dtype: Any = np.float64) -> np.ndarray:
             x = x.float()
         x = x.numpy()
     arr = np.asarray(x)
+    if np.iscomplexobj(arr):
+        raise InvalidInputError(
+            f"{name} must hold real numbers; got an array of dtype {arr.dtype}. Casting it "
+            "would drop the imaginary part silently: pass the part you mean explicitly, e.g. "
+            f"{name}.real, np.abs({name}), or np.column_stack([{name}.real, {name}.imag])."
+        )
     if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
         raise InvalidInputError(
             f"{name} must hold numbers; got an array of dtype {arr.dtype}. "
@@ -119,6 +141,20 @@ def check_same_length(**arrays: Any) -> int:
         shown = ", ".join(f"{k} has {v}" for k, v in lengths.items())
         raise InvalidInputError(
             f"inputs must have the same number of samples (rows); {shown}. "
+            f"{_transposed_hint(arrays, lengths)}"
             "Pair the i-th row of each with the same sample."
         )
     return next(iter(lengths.values()))
+
+
+def _transposed_hint(arrays: dict[str, Any], lengths: dict[str, int]) -> str:
+    """'x looks transposed ...' when x's columns match another input's rows, else ''."""
+    for name, a in arrays.items():
+        shape = tuple(getattr(a, "shape", ()))
+        others = [v for k, v in lengths.items() if k != name]
+        if len(shape) == 2 and shape[1] in others and shape[0] not in others:
+            return (
+                f"{name} has shape {shape}, whose columns match the other's rows: {name} "
+                f"looks transposed; pass {name}.T. "
+            )
+    return ""

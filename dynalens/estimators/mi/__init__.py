@@ -12,6 +12,7 @@ from typing import Any, Literal, overload
 
 from dynalens.errors import InvalidParameterError, close_matches
 from dynalens.estimators.mi._base import ArrayLike, BinningWarning, MIEstimator, MIResult
+from dynalens.estimators.mi._cost import cost_limits
 from dynalens.estimators.mi.adaptive_binning import AdaptiveBinningMI
 from dynalens.estimators.mi.auto import NOISE_METHODS, REGISTRY, AutoMI, select_method
 from dynalens.estimators.mi.binning import BinningMI
@@ -41,6 +42,7 @@ __all__ = [
     "MIResult",
     "NoisyChannelMI",
     "RenyiMI",
+    "cost_limits",
     "entropy",
     "make_estimator",
     "mutual_information",
@@ -125,8 +127,8 @@ def mutual_information(
             *clean* activations of the layer the noise is added to.
         method: ``"auto"`` (see :func:`select_method`) or one of :data:`METHODS`.
         x_discrete, y_discrete: whether a variable takes finitely many values; ``None``
-            detects it: integer/bool dtype, or whole-valued floats with at most n/5
-            distinct rows.
+            detects it the same way whatever the dtype: integer/bool dtype, or floats
+            whose every column is whole-valued or binary (0.0/1.0 patterns are discrete).
         noise_var: variance of isotropic Gaussian noise added to y (stochastic layer);
             selects the known-channel estimator under ``"auto"``.
         return_result: return the full :class:`MIResult` (bounds, s.e., chosen method)

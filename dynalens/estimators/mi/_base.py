@@ -19,7 +19,12 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from dynalens._validation import as_2d_float, check_same_length, check_samples_shape
+from dynalens._validation import (
+    as_2d_float,
+    check_not_transposed,
+    check_same_length,
+    check_samples_shape,
+)
 from dynalens.errors import InvalidInputError, InvalidParameterError
 
 __all__ = [
@@ -111,9 +116,17 @@ class Variable:
         return int(self.data.shape[1])
 
 
-#: a float variable counts as discrete when every value is whole and it has at most
-#: n / DISCRETE_RATIO distinct rows (each value seen that many times on average)
-DISCRETE_RATIO = 5
+#: floats at or beyond this magnitude are all whole numbers, so there wholeness says nothing
+WHOLE_LIMIT = 2.0**52
+
+
+def discrete_columns(t: torch.Tensor) -> torch.Tensor:
+    """Per column (bool, (d,)): every value a whole number (below 2**52 in magnitude, as an
+    integer dtype would hold it) or exactly two distinct values (binary, e.g. 0.1 / 0.9)."""
+    whole = ((t == torch.round(t)) & (t.abs() < WHOLE_LIMIT)).all(0)
+    lo, hi = t.min(0, keepdim=True).values, t.max(0, keepdim=True).values
+    binary = ((t == lo) | (t == hi)).all(0) & (lo < hi)[0]
+    return whole | binary
 
 
 def _as_tensor(name: str, x: ArrayLike) -> tuple[torch.Tensor, bool]:
@@ -122,10 +135,15 @@ def _as_tensor(name: str, x: ArrayLike) -> tuple[torch.Tensor, bool]:
         t = x.detach()
         integer = not (t.is_floating_point() or t.is_complex())
         if t.is_complex():
-            raise InvalidInputError(f"{name} must be real; got a complex tensor.")
+            raise InvalidInputError(
+                f"{name} must hold real numbers; got a tensor of dtype {t.dtype}. Casting it "
+                "would drop the imaginary part silently: pass the part you mean explicitly, "
+                f"e.g. {name}.real, {name}.abs(), or torch.cat([{name}.real, {name}.imag], 1)."
+            )
         if t.ndim == 1:
             t = t[:, None]
         check_samples_shape(name, tuple(t.shape))
+        check_not_transposed(name, tuple(t.shape))
         dtype = torch.float32 if t.device.type == "cuda" else torch.float64
         t = t.to(dtype)
         if not torch.isfinite(t).all():
@@ -139,18 +157,17 @@ def _as_tensor(name: str, x: ArrayLike) -> tuple[torch.Tensor, bool]:
         np.issubdtype(raw.dtype, np.integer) or raw.dtype == np.bool_
     )
     arr = as_2d_float(name, x)
+    check_not_transposed(name, arr.shape)
     return torch.from_numpy(np.ascontiguousarray(arr)), bool(integer)
 
 
 def is_discrete(t: torch.Tensor, integer_dtype: bool) -> bool:
-    """The documented rule: integer/bool dtype, or whole-valued floats with at most
-    ``n / 5`` distinct rows."""
+    """The documented rule, the same whatever the dtype: integer/bool dtype, or floats whose
+    every column is whole-valued or binary (:func:`discrete_columns`), so 0.0/1.0 patterns
+    stored as float are discrete exactly as the same patterns stored as int are."""
     if integer_dtype:
         return True
-    if not bool(torch.all(t == torch.round(t))):
-        return False
-    n_distinct = int(torch.unique(t, dim=0).shape[0])
-    return n_distinct <= max(2, t.shape[0] // DISCRETE_RATIO)
+    return bool(discrete_columns(t).all())
 
 
 def as_variable(name: str, x: ArrayLike, discrete: bool | None) -> Variable:
@@ -280,8 +297,8 @@ class MIEstimator:
         Args:
             x, y: samples paired by row, numpy or torch, shape (n,) or (n, d).
             x_discrete, y_discrete: whether each variable takes finitely many values;
-                ``None`` detects it (integer/bool dtype, or whole-valued floats with at
-                most n/5 distinct rows).
+                ``None`` detects it (integer/bool dtype, or floats whose every column is
+                whole-valued or binary).
         """
         params = self._check_params()
         vx, vy = as_pair(x, y, x_discrete, y_discrete)

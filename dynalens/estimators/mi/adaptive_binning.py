@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from dynalens._validation import check_int, check_option
+from dynalens.estimators.mi._base import Variable
 from dynalens.estimators.mi.binning import CORRECTIONS, BinningMI
 
 __all__ = ["AdaptiveBinningMI"]
@@ -69,6 +70,9 @@ class AdaptiveBinningMI(BinningMI):
             "per_unit": check_bool("per_unit", self.per_unit),
             "correction": check_option("correction", self.correction, CORRECTIONS),
         }
+
+    def _check_cost(self, v: Variable, params: dict[str, Any]) -> None:
+        """Nothing to refuse: the edges never outnumber the distinct values of the data."""
 
     def _edges(self, t: torch.Tensor, params: dict[str, Any]) -> torch.Tensor:
         nb = params["n_bins"]

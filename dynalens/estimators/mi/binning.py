@@ -45,6 +45,7 @@ from dynalens.estimators.mi._base import (
     symbols,
     warn_binning,
 )
+from dynalens.estimators.mi._cost import check_cost
 
 __all__ = ["BinningMI"]
 
@@ -117,11 +118,25 @@ class BinningMI(MIEstimator):
         hi = torch.where(hi > lo, hi, lo + 1.0)  # a constant unit: one bin
         return lo + (hi - lo) * steps
 
+    def _check_cost(self, v: Variable, params: dict[str, Any]) -> None:
+        """Refuse, before allocating, edge tables far beyond the machine (n_bins = 1e9)."""
+        nb = params["n_bins"]
+        rows = v.d if params.get("range") == "unit" else 1
+        check_cost(
+            self.name,
+            f"{v.name} with {v.d} columns and n_bins = {nb}",
+            device=v.data.device,
+            nbytes=3.0 * 8 * (nb + 1) * rows + 16.0 * v.n * v.d,  # edges and their checks
+            fix=f"Use fewer bins: far more bins than the n = {v.n} samples give each sample "
+            "its own pattern, and the plug-in entropy is then log n whatever the data.",
+        )
+
     def _symbols(self, v: Variable, params: dict[str, Any]) -> torch.Tensor:
         if v.discrete:
             return symbols(v.data)
         from dynalens.kernels.binning import bin_indices, pattern_symbols
 
+        self._check_cost(v, params)
         sym = pattern_symbols(bin_indices(v.data, self._edges(v.data, params)))
         m = int(sym.max()) + 1
         if v.n >= 8 and m > v.n // 2:

@@ -23,7 +23,8 @@ no information and are dropped; linearly dependent columns are reduced to their 
 non-Gaussian dependence the number is the MI of the Gaussian with the same covariance — a
 cheap sanity value, usually a lower bound on strength of dependence, not the MI.
 Refuses discrete inputs and perfectly (linearly) dependent pairs, whose Gaussian MI is
-infinite.
+infinite, and, before allocating, variables so wide that the d x d covariances or their
+O(d^3) decompositions exceed the machine (:mod:`~dynalens.estimators.mi._cost`).
 
 References: Cover & Thomas, *Elements of Information Theory*, eq. 8.56; Kraskov et al.
 2004 (Gaussian check); Ince et al. 2017, "A statistical framework for neuroimaging data
@@ -40,6 +41,7 @@ import torch
 from dynalens._validation import check_bool
 from dynalens.errors import EstimatorRegimeError
 from dynalens.estimators.mi._base import MIEstimator, MIResult, Variable
+from dynalens.estimators.mi._cost import check_cost, dense_seconds
 
 __all__ = ["GaussianCopulaMI", "GaussianMI"]
 
@@ -107,14 +109,32 @@ class GaussianMI(MIEstimator):
         if v.discrete:
             raise EstimatorRegimeError(
                 f"{self.name} MI assumes continuous variables, but {v.name} is discrete "
-                "(integer dtype or few whole values). Use method='binning' for discrete-"
-                f"discrete or method='ksg' (Ross 2014) for discrete-continuous, or pass "
+                "(integer dtype, or whole-valued or binary float columns). Use "
+                "method='binning' for discrete-discrete or method='ksg' (Ross 2014) for "
+                "discrete-continuous, or pass "
                 f"{v.name}_discrete=False if it really is continuous."
             )
         t = v.data.to(torch.float64)
         return normal_scores(t) if self._copula else t
 
+    def _check_cost(self, n: int, dims: tuple[int, ...], device: torch.device) -> None:
+        """Refuse before allocating the d x d covariances (and their O(d^3)
+        eigendecompositions) of variables far wider than the machine handles."""
+        d_all = sum(dims)
+        nbytes = 8.0 * (3 * n * d_all + 3 * sum(d * d for d in dims) + dims[0] * dims[-1])
+        flops = sum(2.0 * n * d * d + 10.0 * d**3 for d in dims)
+        check_cost(
+            self.name,
+            f"n = {n} samples of {' + '.join(map(str, dims))} dims",
+            device=device,
+            nbytes=nbytes,
+            seconds=dense_seconds(flops, device),
+            fix="Compress the variables first (method='lossy' with inner='gaussian', PCA to "
+            "n_components dims) or select the columns that matter.",
+        )
+
     def _estimate(self, vx: Variable, vy: Variable, params: dict[str, Any]) -> MIResult:
+        self._check_cost(vx.n, (vx.d, vy.d), vx.data.device)
         zx, zy = _span(self._prepare(vx)), _span(self._prepare(vy))
         n, dx, dy = zx.shape[0], zx.shape[1], zy.shape[1]
         if dx == 0 or dy == 0:  # a constant variable shares no information
@@ -140,6 +160,7 @@ class GaussianMI(MIEstimator):
         return self._result(mi, n, params, stderr=stderr, details={"canonical_corr": rho.tolist()})
 
     def _entropy(self, v: Variable, params: dict[str, Any]) -> MIResult:
+        self._check_cost(v.n, (v.d,), v.data.device)
         t = self._prepare(v)
         n, d = t.shape
         if n <= d + 1:

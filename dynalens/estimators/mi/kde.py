@@ -27,6 +27,8 @@ Adaptive KDE (Chelombiev, Houghton & O'Donnell 2019, ICLR): ``noise_scale`` inst
 
 Valid when: y holds the clean activations of a layer with that noise model; x is the
 conditioning variable (inputs, read as the empirical distribution of its rows, or labels).
+A noise variance below the resolution of the arithmetic for the given activations, and
+work far beyond the machine (O(n² d)), are refused before computing, as for ``noisy``.
 """
 
 from __future__ import annotations
@@ -39,7 +41,8 @@ import torch
 from dynalens._validation import check_float
 from dynalens.errors import InvalidParameterError
 from dynalens.estimators.mi._base import MIEstimator, MIResult, Variable
-from dynalens.estimators.mi._mixture import group_index
+from dynalens.estimators.mi._cost import check_cost, pairwise_seconds
+from dynalens.estimators.mi._mixture import check_resolution, group_index
 from dynalens.estimators.mi.noisy import deterministic, row_codes
 
 __all__ = ["KDEMI", "kt_entropy_bounds"]
@@ -110,21 +113,36 @@ class KDEMI(MIEstimator):
             )
         return (params["noise_scale"] * span) ** 2
 
+    def _check(self, c: torch.Tensor, var: float, pairs: int) -> None:
+        """Refuse a variance below the arithmetic's resolution and work beyond the machine."""
+        n, d = c.shape
+        check_resolution(c, var, self.name)
+        check_cost(
+            self.name,
+            f"n = {n} samples of {d} dims",
+            device=c.device,
+            seconds=pairwise_seconds(pairs, d, c.device),
+            fix="Estimate on a random subset of the rows.",
+        )
+
     def _estimate(self, vx: Variable, vy: Variable, params: dict[str, Any]) -> MIResult:
         c = vy.data
         n, d = c.shape
         var = self._var(c, params)
+        self._check(c, var, 2 * n * n)  # a lower bound, before the O(n log n) grouping
         codes = row_codes(vx)
+        det = deterministic(codes, c)
+        groups = [] if det else group_index(codes)
+        self._check(c, var, 2 * (n * n + sum(g.numel() ** 2 for g in groups)))
         gauss = 0.5 * d * math.log(2 * math.pi * math.e * var)
         h_bd, h_kl = kt_entropy_bounds(c, var)
-        det = deterministic(codes, c)
         cond_bd = cond_kl = 0.0
         if det:
             cond_bd = cond_kl = gauss
         else:
-            singles = n - sum(g.numel() for g in group_index(codes))
+            singles = n - sum(g.numel() for g in groups)
             cond_bd = cond_kl = gauss * singles / n
-            for g in group_index(codes):
+            for g in groups:
                 lo, hi = kt_entropy_bounds(c[g], var)
                 cond_bd += lo * g.numel() / n
                 cond_kl += hi * g.numel() / n
@@ -137,5 +155,6 @@ class KDEMI(MIEstimator):
 
     def _entropy(self, v: Variable, params: dict[str, Any]) -> MIResult:
         var = self._var(v.data, params)
+        self._check(v.data, var, 2 * v.n * v.n)
         lo, hi = kt_entropy_bounds(v.data, var)
         return self._result(hi, v.n, dict(params, noise_var=var), lower=lo, upper=hi)
