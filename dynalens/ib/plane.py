@@ -31,7 +31,7 @@ from dynalens.probe.store import Store, open_store
 COLUMNS = (
     "run", "site", "layer", "step", "epoch", "estimator",
     "I_XT", "I_TY", "I_XT_lower", "I_XT_upper", "I_XT_stderr",
-    "I_TY_lower", "I_TY_upper", "I_TY_stderr",
+    "I_TY_lower", "I_TY_upper", "I_TY_stderr", "binning_saturated",
 )  # fmt: skip
 
 
@@ -107,6 +107,7 @@ def _measure(
         if not issubclass(w.category, BinningWarning):
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     nan = float("nan")
+    saturated = any(issubclass(w.category, BinningWarning) for w in caught)
     rows[(site, step)] = {
         "run": run,
         "site": site,
@@ -120,8 +121,9 @@ def _measure(
         "I_TY_lower": nan if ryt is None else _bound(ryt, "lower"),
         "I_TY_upper": nan if ryt is None else _bound(ryt, "upper"),
         "I_TY_stderr": nan if ryt is None else _bound(ryt, "stderr"),
+        "binning_saturated": saturated,
     }
-    return any(issubclass(w.category, BinningWarning) for w in caught)
+    return saturated
 
 
 def information_plane(
@@ -151,8 +153,10 @@ def information_plane(
         progress: show a progress bar over (site, step).
 
     Returns:
-        Columns ``run, site, layer, step, epoch, estimator, I_XT, I_TY`` and, where the
-        estimator gives them, ``*_lower, *_upper, *_stderr`` (NaN otherwise). ``layer``
+        Columns ``run, site, layer, step, epoch, estimator, I_XT, I_TY``, where the
+        estimator gives them ``*_lower, *_upper, *_stderr`` (NaN otherwise), and
+        ``binning_saturated``: the binned layer had more than n/2 distinct patterns, so
+        its I(X;T) is close to log n and measures the bins (Saxe et al. 2018). ``layer``
         counts sites from the input side (1 = first); ``epoch`` is ``step //
         steps_per_epoch`` when the run's config has ``steps_per_epoch``, else NaN.
     """
@@ -206,8 +210,6 @@ def information_plane(
             saturated += _measure(est, x, y, t, site, step, st.run, rows)
     bar.close()
     if saturated:
-        warnings.simplefilter("always", BinningWarning)
-    if saturated:
         warnings.warn(
             f"{saturated} of {len(todo)} (site, step) measurements binned the layer into "
             "nearly one pattern per input, where the plug-in entropy is close to log n and "
@@ -220,6 +222,9 @@ def information_plane(
     table = pd.DataFrame(list(rows.values()))
     if table.empty:
         table = pd.DataFrame(columns=list(COLUMNS))
+    # tables cached before the column existed: no saturation was recorded
+    sat = table.get("binning_saturated", pd.Series(False, index=table.index))
+    table["binning_saturated"] = sat.fillna(False).astype(bool)
     table["layer"] = table["site"].map(order)
     table["epoch"] = table["step"] // spe if spe else float("nan")
     table = table[list(COLUMNS)].sort_values(["layer", "step"]).reset_index(drop=True)
