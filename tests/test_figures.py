@@ -14,9 +14,9 @@ import torch
 from torch import nn
 
 import dynalens
+from dynalens import figures
 from dynalens.dynamics import GradientNoiseScaleMonitor
 from dynalens.errors import InvalidParameterError
-from dynalens import figures
 from dynalens.figures import plot_scalar_panels, plot_scalars, png_problem, save_figure
 
 
