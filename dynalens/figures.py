@@ -130,8 +130,13 @@ def plot_scalar_panels(
         if log_x:
             fig.update_xaxes(type="log", row=row, col=1)
     fig.update_xaxes(title_text=x_title or x, row=len(panels), col=1)
-    fig.update_layout(title=title, template="plotly_white", width=760,
-                      height=200 + 220 * len(panels))  # fmt: skip
+    fig.update_layout(
+        title=title,
+        template="plotly_white",
+        width=760,
+        height=220 + 220 * len(panels),
+        legend={"orientation": "h", "yanchor": "top", "y": -0.12, "x": 0},
+    )
     return fig
 
 

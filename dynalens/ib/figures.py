@@ -117,8 +117,8 @@ def plot_training_curves(
         title=title,
         x="epoch",
         x_title="epoch (log scale)",
-        names={"loss": "cross-entropy, training batches (epoch mean)",
-               "train_accuracy": "training batches (epoch mean)",
-               "test_accuracy": "held-out inputs"},
+        names={"loss": "loss on the training batches (epoch mean)",
+               "train_accuracy": "accuracy on the training batches (epoch mean)",
+               "test_accuracy": "accuracy on the held-out inputs"},
         y_ranges={"accuracy": (0.0, 1.02)},
     )  # fmt: skip
