@@ -86,7 +86,7 @@ def summary_table_html(summaries: Mapping[str, list[dict[str, Any]]]) -> str:
                 if s is None:
                     cells.append("<td>-</td>")
                     continue
-                mark = "*" if s["saturated"] and key.startswith("I_XT") else ""
+                mark = "*" if s["saturated"] and key == "I_XT_final" else ""
                 cells.append(f"<td class='num'>{_bits(s[key])}{mark}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
     return (
@@ -101,24 +101,32 @@ def conclusion(network: str, summaries: Mapping[str, list[dict[str, Any]]]) -> s
     least ``COMPRESSION_BITS`` of I(X;T) after its peak), and the largest loss of any
     layer."""
     fit: list[str] = []
-    yes: list[str] = []
-    no: list[str] = []
+    yes: list[tuple[str, str]] = []  # (estimator, "peak -> final bits")
+    no: list[tuple[str, str]] = []
     best: tuple[float, int, str] = (-math.inf, 0, "")
     for label, summ in summaries.items():
         last = max(summ, key=lambda s: s["layer"])
-        fit.append(f"{_bits(last['I_TY_final'])} bits with {label}")
-        path = f"{_bits(last['I_XT_peak'])} -> {_bits(last['I_XT_final'])} bits with {label}"
-        (yes if last["compression"] / NATS_PER_BIT >= COMPRESSION_BITS else no).append(path)
+        fit.append(f"{_bits(last['I_TY_final'])} bits ({label})")
+        path = f"{_bits(last['I_XT_peak'])} -> {_bits(last['I_XT_final'])} bits"
+        compresses = last["compression"] / NATS_PER_BIT >= COMPRESSION_BITS
+        (yes if compresses else no).append((label, path))
         top = max(summ, key=lambda s: s["compression"])
         best = max(best, (top["compression"], top["layer"], label))
+
+    def paths(items: list[tuple[str, str]]) -> str:
+        return " and ".join(f"{path} ({label})" for label, path in items)
+
+    def by(items: list[tuple[str, str]]) -> str:
+        return " and ".join(f"{label} ({path})" for label, path in items)
+
     if yes and no:
-        verdict = f"compresses with {'; '.join(yes)}, but not with {'; '.join(no)}"
+        verdict = f"compresses by {by(yes)} but not by {by(no)}"
     elif yes:
-        verdict = f"compresses: its I(X;T) falls {'; '.join(yes)}"
+        verdict = f"compresses: its I(X;T) falls {paths(yes)}"
     else:
-        verdict = f"does not compress (I(X;T) peak -> final: {'; '.join(no)})"
+        verdict = f"does not compress (I(X;T) peak -> final: {paths(no)})"
     return (
-        f"{network}: the last hidden layer ends with I(T;Y) = {', '.join(fit)}, and it "
+        f"{network}: the last hidden layer ends with I(T;Y) = {' and '.join(fit)}, and it "
         f"{verdict}; the most any layer loses after its peak is {_bits(best[0])} bits "
         f"(layer {best[1]}, {best[2]})."
     )

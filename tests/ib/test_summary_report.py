@@ -49,13 +49,24 @@ def test_conclusion_says_whether_the_last_layer_compresses():
     comp = summarize(_table([2.0, 7.0, 3.0], [0.1, 0.9, 1.0]))
     flat = summarize(_table([2.0, 5.0, 5.0], [0.1, 0.9, 1.0]))
     both = conclusion("tanh network", {"binning": comp, "noisy": comp})
-    assert both.startswith("tanh network: the last hidden layer ends with I(T;Y) = 1.00 bits")
-    assert "compresses: its I(X;T) falls 7.00 -> 3.00 bits with binning" in both
+    assert both.startswith(
+        "tanh network: the last hidden layer ends with I(T;Y) = 1.00 bits (binning) and "
+        "1.00 bits (noisy), and it compresses: its I(X;T) falls 7.00 -> 3.00 bits (binning) "
+        "and 7.00 -> 3.00 bits (noisy);"
+    )
     mixed = conclusion("relu network", {"binning": comp, "noisy": flat})
-    assert "compresses with 7.00 -> 3.00 bits with binning, but not with 5.00 -> 5.00" in mixed
+    assert "compresses by binning (7.00 -> 3.00 bits) but not by noisy (5.00 -> 5.00 bits)" in (
+        mixed
+    )
+    assert mixed.endswith(
+        "the most any layer loses after its peak is 4.00 bits (layer 5, binning)."
+    )
     none = conclusion("relu network", {"noisy": flat})
-    assert "does not compress (I(X;T) peak -> final: 5.00 -> 5.00 bits with noisy)" in none
+    assert "does not compress (I(X;T) peak -> final: 5.00 -> 5.00 bits (noisy))" in none
     assert none.endswith("is 0.00 bits (layer 5, noisy).")
+    # the threshold: a loss of 0.2 bits is not compression, 0.3 bits is
+    assert "does not compress" in conclusion("n", {"b": summarize(_table([5.0, 4.8], [0, 1]))})
+    assert "compresses:" in conclusion("n", {"b": summarize(_table([5.0, 4.7], [0, 1]))})
 
 
 def test_saturated_binning_is_explained_per_layer_and_marked():
@@ -68,7 +79,8 @@ def test_saturated_binning_is_explained_per_layer_and_marked():
     assert "log2 4096 = 12.0 bits" in note and "tanh5" not in note
     assert saturation_note(t[t["layer"] == 5], "x", 4096) is None
     html = summary_table_html({"binning": summarize(t)})
-    assert "<td class='num'>12.00*</td>" in html and "<td class='num'>2.00</td>" in html
+    assert "<td class='num'>12.00</td><td class='num'>12.00*</td>" in html  # final only
+    assert "<td class='num'>2.00</td>" in html
     assert html.count("<tr>") == 4  # two heading rows, one row per layer
 
 
