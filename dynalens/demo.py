@@ -17,6 +17,7 @@ scale it up.
 
 from __future__ import annotations
 
+import math
 import time
 import warnings
 from dataclasses import replace
@@ -58,8 +59,9 @@ def _plane(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", BinningWarning)
         return information_plane(
-            store, estimator=method, noise_var=noise_var, params=params, steps=steps
-        )
+            store, estimator=method, noise_var=noise_var, params=params, steps=steps,
+            chain_rule=method == "noisy",  # 40 % less work; its s.e. is in the table
+        )  # fmt: skip
 
 
 def _ordinal(k: int) -> str:
@@ -113,6 +115,7 @@ def _run(out: Path, epochs: int | None, records: int) -> Path:
     x, y = load_task()
     base = IBConfig(epochs=DEMO_EPOCHS if epochs is None else epochs, records=records, lr=3e-3)
     sections = []
+    se_max = 0.0  # the largest Monte-Carlo standard error of any measurement (nats)
     for activation in ("tanh", "relu"):
         network = f"{activation} network"
         store = train_ib_network(
@@ -127,6 +130,7 @@ def _run(out: Path, epochs: int | None, records: int) -> Path:
             save_figure(fig, out / f"plane_{activation}_{method}")
             planes.append(fig)
             summaries[label] = summarize(table)
+            se_max = max(se_max, float(table[["I_XT_stderr", "I_TY_stderr"]].max().max()))
             print(format_summary(summaries[label], f"{network}, {words}"), "\n")
             note = saturation_note(table, f"{network}, {words}", len(x))
             if note:
@@ -140,6 +144,7 @@ def _run(out: Path, epochs: int | None, records: int) -> Path:
         )
     wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
     n_rec = len(store.steps(store.sites[0]))
+    se_bits = se_max / math.log(2.0)
     intro = (
         f"The 12-10-7-5-4-3-2 network of Shwartz-Ziv & Tishby (2017), with tanh and with "
         f"ReLU hidden units, trained for {base.epochs} epochs (Adam, lr {base.lr:g}, batch "
@@ -147,7 +152,9 @@ def _run(out: Path, epochs: int | None, records: int) -> Path:
         f"{len(x)} inputs at {n_rec} log-spaced epochs. I(X;T) and I(T;Y) in bits: binning "
         "with 30 bins at every recorded epoch, and the known-channel estimator of Goldfeld et "
         f"al. (2019) for the layer plus Gaussian noise of variance {NOISE_VAR:g} (one noise "
-        f"draw per input) at every {_ordinal(NOISY_EVERY)} recorded epoch and the last. "
+        f"draw per input) at every {_ordinal(NOISY_EVERY)} recorded epoch and the last, its "
+        "I(T;Y) by the chain rule I(X;T) - sum_y p(y) I(X;T|Y=y) (Monte-Carlo standard "
+        f"errors up to {se_bits:.2f} bits, in the cached tables). "
         "Compression = peak - final I(X;T): how much information about the input a layer "
         f"dropped after its peak. Computed in {wall:.0f} s ({cpu:.0f} s CPU)."
     )

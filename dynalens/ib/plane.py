@@ -86,7 +86,8 @@ def _layers(st: Store, todo: list[tuple[str, int]]) -> Iterator[tuple[str, int, 
 
 
 def _chain_rule_classes(est: Any, x: np.ndarray, y: np.ndarray | None) -> list[np.ndarray] | None:
-    """Row indices per label when I(T;Y) may be computed by the chain rule, else None.
+    """Row indices per label when I(T;Y) may be computed by the chain rule, else None
+    (``information_plane(..., chain_rule=True)``).
 
     When the labels are a function of the inputs, I(X;T) = I(X,Y;T) = I(T;Y) + I(X;T|Y),
     so I(T;Y) = I(X;T) - sum_y p(y) I(X;T | Y=y). For the known-channel estimator on the
@@ -94,6 +95,9 @@ def _chain_rule_classes(est: Any, x: np.ndarray, y: np.ndarray | None) -> list[n
     Monte-Carlo estimates of the same h(T) - h(T|Y), and the conditional terms cost only
     sum_y n_y^2 kernel terms: the direct class-conditional estimate also evaluates the
     full n^2 mixture p(t), which I(X;T) has already paid for (40 % of the plane's cost).
+    The price: the direct estimate's terms share their noise draws, the chain rule's two
+    estimates do not, so its standard error is about 4x larger (measured: 0.024 vs 0.005
+    nats on 4096 inputs, one draw each).
     """
     if y is None or est.name != "noisy" or getattr(est, "data", None) != "empirical":
         return None
@@ -187,6 +191,7 @@ def information_plane(
     steps: list[int] | None = None,
     cache: bool = True,
     progress: bool = True,
+    chain_rule: bool = False,
 ) -> Any:
     """I(X;T) and I(T;Y) per (site, step), as a tidy pandas DataFrame (nats).
 
@@ -202,6 +207,11 @@ def information_plane(
         steps: which steps (default: every recorded one).
         cache: read and extend the table cached in the store.
         progress: show a progress bar over (site, step).
+        chain_rule: compute I(T;Y) as I(X;T) - sum_y p(y) I(X;T | Y=y) (the labels must
+            be a function of the inputs; estimator ``noisy`` with ``data="empirical"``):
+            the same quantity at 1.5 instead of 2.5 n^2 kernel terms per measurement, with
+            a Monte-Carlo standard error about 4x the direct estimate's (both in the
+            table). Refused where it does not apply.
 
     Returns:
         Columns ``run, site, layer, step, epoch, estimator, I_XT, I_TY``, where the
@@ -238,7 +248,7 @@ def information_plane(
             f"run {st.run!r} has no probe activations; record with probe=(X, Y)."
         )
     spe = st.meta.get("config", {}).get("steps_per_epoch")
-    key = _cache_key(est)
+    key = _cache_key(est) + ("-chain_rule" if chain_rule else "")
     rows: dict[tuple[str, int], dict[str, Any]] = {}
     if cache:
         cached = st.get_result(key)
@@ -254,7 +264,14 @@ def information_plane(
             if (site, step) not in rows:
                 todo.append((site, int(step)))
     saturated = 0
-    classes = _chain_rule_classes(est, x, y)
+    classes = _chain_rule_classes(est, x, y) if chain_rule else None
+    if chain_rule and classes is None:
+        raise InvalidParameterError(
+            "chain_rule=True needs the 'noisy' estimator with data='empirical' and labels "
+            f"that are a function of the inputs (one label per distinct probe row); got "
+            f"estimator {est.name!r}{'' if y is not None else ' and no labels'}. Pass "
+            "chain_rule=False for the direct estimate of I(T;Y)."
+        )
     bar = tqdm(total=len(todo), desc=f"information plane ({est.name})", disable=not progress)
     with limit_threads(1 if est.name in SMALL_WORK else None):
         for site, step, t in _layers(st, todo):

@@ -56,3 +56,23 @@ def test_chain_rule_only_where_it_is_the_same_quantity():
     y2[1] = 1 - y2[0]
     assert _chain_rule_classes(NoisyChannelMI(noise_var=0.1), x2, y2) is None
     assert _chain_rule_classes(NoisyChannelMI(noise_var=0.1), x, None) is None
+
+
+def test_information_plane_uses_the_chain_rule_only_when_asked(tmp_path):
+    from dynalens.errors import InvalidParameterError
+    from dynalens.ib.plane import information_plane
+    from dynalens.ib.reproduce import load_task
+    from dynalens.ib.training import IBConfig, train_ib_network
+
+    x, y = load_task()
+    cfg = IBConfig(epochs=1, records=2, layers=(12, 3, 2))
+    store = train_ib_network(x, y, cfg, tmp_path / "s", progress=False)
+    kw = {"estimator": "noisy", "noise_var": 0.1, "params": {"n_draws": 1}, "progress": False}
+    direct = information_plane(store, **kw)
+    chain = information_plane(store, chain_rule=True, **kw)  # cached apart from direct
+    assert (chain["I_TY_stderr"] > direct["I_TY_stderr"]).all()
+    diff = (chain["I_TY"] - direct["I_TY"]).abs()
+    assert (diff < 4 * np.hypot(chain["I_TY_stderr"], direct["I_TY_stderr"])).all()
+    np.testing.assert_array_equal(chain["I_XT"], direct["I_XT"])  # same draws for I(X;T)
+    with pytest.raises(InvalidParameterError, match="chain_rule=True needs the 'noisy'"):
+        information_plane(store, estimator="binning", chain_rule=True, progress=False)
