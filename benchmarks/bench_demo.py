@@ -33,11 +33,10 @@ def run_once(out: str) -> dict[str, float]:
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     wall = time.perf_counter() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     return {
         "wall_s": round(wall, 1),
-        "cpu_s": round(
-            (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime), 1
-        ),
+        "cpu_s": round(cpu, 1),
         "load_before": round(load0, 2),
         "load_after": round(os.getloadavg()[0], 2),
     }
