@@ -93,14 +93,17 @@ def _reproduce(args: argparse.Namespace) -> int:
         print(res["summary"])
         print("files:\n  " + "\n  ".join(map(str, res["files"])))
         return 0
+    from dynalens.figures import png_problem
     from dynalens.ib.reproduce import reproduce
+    from dynalens.ib.summary import format_summary
 
     res = reproduce(args.name, args.out, quick=args.quick, epochs=args.epochs, var_u=args.var_u)
     for run, entry in res["runs"].items():
         for label, plane in entry["planes"].items():
-            comp = ", ".join(f"{s['site']} {s['compression']:.2f}" for s in plane["summary"])
-            print(f"{run} / {label}: compression (nats) per layer: {comp}")
+            print(format_summary(plane["summary"], f"{run} network, {label}"), "\n")
     print("files:\n  " + "\n  ".join(res["files"]))
+    if png_problem():
+        print(f"no PNG figures: {png_problem()}")
     return 0
 
 

@@ -1,5 +1,6 @@
-"""Plotly figures of the information plane (read from tables only; computing lives in
-:mod:`dynalens.ib.plane`). Scalar curves and saving: :mod:`dynalens.figures`."""
+"""Plotly figures of the information plane and of the training run behind it (read from
+tables only; computing lives in :mod:`dynalens.ib.plane`). Generic scalar curves and
+saving: :mod:`dynalens.figures`."""
 
 from __future__ import annotations
 
@@ -77,3 +78,47 @@ def plot_information_plane(
         height=580,
     )
     return fig
+
+
+def plot_training_curves(
+    source: Any, *, title: str = "training", steps_per_epoch: int | None = None
+) -> Any:
+    """Loss and accuracy of an information-plane run against the epoch, on two panels
+    with their own labelled y axes: the mean training-batch cross-entropy of each epoch
+    (nats), and the accuracy on the training batches (epoch mean) and on the held-out
+    inputs (at the recorded epochs).
+
+    Args:
+        source: the run's :class:`~dynalens.probe.store.Store` (its scalars and its
+            config's ``steps_per_epoch``), or its scalar DataFrame with ``steps_per_epoch``.
+        steps_per_epoch: optimizer steps per epoch (read from the store when omitted).
+    """
+    from dynalens.errors import InvalidParameterError
+    from dynalens.figures import plot_scalar_panels
+
+    df = source.scalars() if hasattr(source, "scalars") else source
+    if steps_per_epoch is None and hasattr(source, "meta"):
+        steps_per_epoch = source.meta.get("config", {}).get("steps_per_epoch")
+    if not steps_per_epoch:
+        raise InvalidParameterError(
+            "plot_training_curves needs steps_per_epoch: pass the run's Store (recorded by "
+            "dynalens.ib.training) or steps_per_epoch=."
+        )
+    per_step = df.dropna(subset=["loss"]).assign(epoch=lambda d: d["step"] // steps_per_epoch + 1)
+    curves = per_step.groupby("epoch", as_index=False)[["loss", "train_accuracy"]].mean()
+    if "test_accuracy" in df:
+        test = df.dropna(subset=["test_accuracy"])[["epoch", "test_accuracy"]]
+        test = test.astype({"epoch": "int64"})
+        curves = curves.merge(test, on="epoch", how="left")
+    acc = [c for c in ("train_accuracy", "test_accuracy") if c in curves]
+    return plot_scalar_panels(
+        curves,
+        {"training loss (nats)": ["loss"], "accuracy": acc},
+        title=title,
+        x="epoch",
+        x_title="epoch (log scale)",
+        names={"loss": "loss on the training batches (epoch mean)",
+               "train_accuracy": "accuracy on the training batches (epoch mean)",
+               "test_accuracy": "accuracy on the held-out inputs"},
+        y_ranges={"accuracy": (0.0, 1.02)},
+    )  # fmt: skip

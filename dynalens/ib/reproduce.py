@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from dynalens.errors import InvalidParameterError, close_matches
+from dynalens.ib.summary import describe_estimator, summarize
 from dynalens.ib.training import IBConfig, train_ib_network
 from dynalens.probe.store_writer import is_store_root
 
@@ -93,23 +94,6 @@ def load_task(var_u: str | os.PathLike[str] | None = None) -> tuple[np.ndarray, 
     return load_var_u(var_u) if var_u is not None else twelve_bit_task()
 
 
-def summarize(table: Any) -> list[dict[str, Any]]:
-    """Per layer: peak and final I(X;T), final I(T;Y), compression = peak - final."""
-    out = []
-    for layer, part in table.sort_values("step").groupby("layer"):
-        peak = float(part["I_XT"].max())
-        final = float(part["I_XT"].iloc[-1])
-        out.append({
-            "layer": int(layer),
-            "site": str(part["site"].iloc[0]),
-            "I_XT_peak": peak,
-            "I_XT_final": final,
-            "compression": peak - final,
-            "I_TY_final": float(part["I_TY"].iloc[-1]),
-        })  # fmt: skip
-    return out
-
-
 def reproduce(
     name: str,
     out: str | os.PathLike[str] | None = None,
@@ -128,8 +112,8 @@ def reproduce(
         epochs: override the number of training epochs.
         var_u: path of the paper's ``var_u.mat``; default the built-in 12-bit task.
     """
-    from dynalens.figures import plot_scalars, save_figure
-    from dynalens.ib.figures import plot_information_plane
+    from dynalens.figures import save_figure
+    from dynalens.ib.figures import plot_information_plane, plot_training_curves
     from dynalens.ib.plane import information_plane
 
     if name not in REPRODUCTIONS:
@@ -154,14 +138,17 @@ def reproduce(
             cfg = replace(cfg, epochs=epochs)
         store = train_ib_network(x, y, cfg, store_path, run=run, progress=progress)
         scal = store.scalars()
-        curves = plot_scalars(scal, ["loss", "train_accuracy", "test_accuracy"],
-                              title=f"{name} / {run}: training")  # fmt: skip
+        curves = plot_training_curves(store, title=f"{spec.title}: {run} network, training")
         files = save_figure(curves, folder / f"training_{run}")
         entry: dict[str, Any] = {"config": asdict(cfg), "planes": {}}
         for label, (method, noise_var, params) in spec.estimators.items():
             table = information_plane(store, estimator=method, noise_var=noise_var,
                                       params=params, progress=progress)  # fmt: skip
-            fig = plot_information_plane(table, title=f"{spec.title} ({run}, {label})")
+            fig = plot_information_plane(
+                table,
+                title=f"Information plane: {run} network, "
+                f"{describe_estimator(method, noise_var, params)}",
+            )
             files += save_figure(fig, folder / f"plane_{run}_{label}")
             entry["planes"][label] = {
                 "summary": summarize(table),
