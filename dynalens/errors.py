@@ -95,6 +95,8 @@ def exit_context(close: Callable[[], None], exc: BaseException | None) -> None:
         close()
     except BaseException as cleanup:
         note_cleanup_error(exc, cleanup)
+
+
 class EstimatorCostError(EstimatorRegimeError):
     """An estimate would need far more memory or time than the machine has; refused before
     anything is allocated (the message gives the cost model and how to proceed)."""
