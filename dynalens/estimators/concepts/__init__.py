@@ -1,0 +1,40 @@
+"""Concept-bottleneck metrics: accuracy / AUC / F1, intervention curves, impurity, leakage.
+
+Every metric returns a :class:`ConceptResult` (value, per-concept values, interval, seed
+spread, settings). Class API (``__init__`` stores parameters, ``estimate`` computes) and a
+functional shortcut share one private implementation::
+
+    from dynalens.estimators.concepts import concept_auc, ConceptScores
+    concept_auc(c_true, c_prob).value
+    ConceptScores("auc", n_boot=200, seed=0).estimate(c_true, c_prob)
+"""
+
+from __future__ import annotations
+
+from dynalens.estimators.concepts._result import ConceptResult
+from dynalens.estimators.concepts.concept_accuracy import (
+    ConceptScores,
+    UndefinedConceptWarning,
+    concept_accuracy,
+    concept_auc,
+    concept_f1,
+)
+from dynalens.estimators.concepts.task_accuracy import (
+    TaskScores,
+    task_accuracy,
+    task_auc,
+    task_f1,
+)
+
+__all__ = [
+    "ConceptResult",
+    "ConceptScores",
+    "TaskScores",
+    "UndefinedConceptWarning",
+    "concept_accuracy",
+    "concept_auc",
+    "concept_f1",
+    "task_accuracy",
+    "task_auc",
+    "task_f1",
+]
