@@ -19,6 +19,11 @@ from dynalens.estimators.concepts.concept_accuracy import (
     concept_auc,
     concept_f1,
 )
+from dynalens.estimators.concepts.interventions import (
+    InterventionCurve,
+    intervention_curve,
+    percentile_writes,
+)
 from dynalens.estimators.concepts.task_accuracy import (
     TaskScores,
     task_accuracy,
@@ -29,11 +34,14 @@ from dynalens.estimators.concepts.task_accuracy import (
 __all__ = [
     "ConceptResult",
     "ConceptScores",
+    "InterventionCurve",
     "TaskScores",
     "UndefinedConceptWarning",
     "concept_accuracy",
     "concept_auc",
     "concept_f1",
+    "intervention_curve",
+    "percentile_writes",
     "task_accuracy",
     "task_auc",
     "task_f1",
