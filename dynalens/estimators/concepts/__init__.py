@@ -24,6 +24,7 @@ from dynalens.estimators.concepts.interventions import (
     intervention_curve,
     percentile_writes,
 )
+from dynalens.estimators.concepts.oracle_impurity import OracleImpurity, oracle_impurity_score
 from dynalens.estimators.concepts.task_accuracy import (
     TaskScores,
     task_accuracy,
@@ -35,12 +36,14 @@ __all__ = [
     "ConceptResult",
     "ConceptScores",
     "InterventionCurve",
+    "OracleImpurity",
     "TaskScores",
     "UndefinedConceptWarning",
     "concept_accuracy",
     "concept_auc",
     "concept_f1",
     "intervention_curve",
+    "oracle_impurity_score",
     "percentile_writes",
     "task_accuracy",
     "task_auc",

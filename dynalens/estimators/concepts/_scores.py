@@ -13,10 +13,16 @@ from collections.abc import Callable
 
 import torch
 
-__all__ = ["auc_columns", "bootstrap_interval", "f1_columns", "macro_ovr_auc"]
+__all__ = [
+    "auc_columns",
+    "average_ranks",
+    "bootstrap_interval",
+    "f1_columns",
+    "macro_ovr_auc",
+]
 
 
-def _average_ranks(x: torch.Tensor) -> torch.Tensor:
+def average_ranks(x: torch.Tensor) -> torch.Tensor:
     """Average ranks (1-based) of each column of x (n, k); ties share their mean rank."""
     n = x.shape[0]
     order = x.argsort(dim=0, stable=True)
@@ -35,7 +41,7 @@ def _average_ranks(x: torch.Tensor) -> torch.Tensor:
 def auc_columns(labels: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
     """ROC-AUC of each column of ``scores`` (n, k) for binary ``labels`` (n, k);
     NaN where a column has a single class."""
-    ranks = _average_ranks(scores)
+    ranks = average_ranks(scores)
     n1 = labels.sum(0)
     n0 = labels.shape[0] - n1
     r1 = (ranks * labels).sum(0)
@@ -78,10 +84,15 @@ def bootstrap_interval(
     n_boot: int,
     seed: int,
     level: float = 0.95,
+    kind: str = "percentile",
+    estimate: float | None = None,
 ) -> tuple[float, float]:
-    """Percentile bootstrap interval of ``statistic(rows)`` over resampled row indices,
-    resampling within each stratum (e.g. each class of y) so every class keeps its count.
-    Replicates whose statistic is NaN are dropped; (nan, nan) if all are."""
+    """Bootstrap interval of ``statistic(rows)`` over resampled row indices, resampling
+    within each stratum (e.g. each class of y) so every class keeps its count.
+    ``kind="percentile"``: the quantiles of the replicates; ``"basic"``: the reverse
+    percentile interval :math:`[2\\hat\theta - q_{hi}, 2\\hat\theta - q_{lo}]` around
+    ``estimate``, which corrects a bias of the statistic. Replicates whose statistic is
+    NaN are dropped; (nan, nan) if all are."""
     g = torch.Generator().manual_seed(seed)
     groups = (
         [torch.arange(n)]
@@ -98,4 +109,7 @@ def bootstrap_interval(
         return float("nan"), float("nan")
     alpha = (1 - level) / 2
     q = torch.quantile(v, torch.tensor([alpha, 1 - alpha], dtype=torch.float64))
+    if kind == "basic":
+        assert estimate is not None  # internal call contract, not user input
+        return 2 * estimate - float(q[1]), 2 * estimate - float(q[0])
     return float(q[0]), float(q[1])
