@@ -9,6 +9,7 @@ constant in the rows it is computed on, naming the metric and the reason.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -106,7 +107,7 @@ def as_class_labels(name: str, value: Any, *, n: int | None = None) -> torch.Ten
 
 
 def require_both_classes(
-    labels: torch.Tensor, *, metric: str, where: str, names: list[str] | None = None
+    labels: torch.Tensor, *, metric: str, where: str, names: Sequence[str] | None = None
 ) -> None:
     """Raise if a column of binary ``labels`` is constant: ``metric`` (an AUC or a probe)
     is undefined with a single class, so no number is returned for it."""

@@ -123,7 +123,7 @@ def test_constant_in_the_drawn_split_refuses_with_the_seed() -> None:
     c[:10, 1] = 1  # 10 positives: the check passes, a split may still miss them
     soft = soft_concepts(c)
     for seed in range(50):
-        train, test = train_test_split(100, 0.2, seed)
+        _train, test = train_test_split(100, 0.2, seed)
         if c[test, 1].sum() == 0:
             with pytest.raises(InvalidInputError, match=f"test split \\(seed={seed}\\)"):
                 oracle_impurity_score(soft, c, seed=seed, n_seeds=1)
