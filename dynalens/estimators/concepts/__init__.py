@@ -24,6 +24,11 @@ from dynalens.estimators.concepts.interventions import (
     intervention_curve,
     percentile_writes,
 )
+from dynalens.estimators.concepts.leakage import (
+    ConceptTaskLeakage,
+    concept_task_leakage,
+    inter_concept_leakage,
+)
 from dynalens.estimators.concepts.oracle_impurity import OracleImpurity, oracle_impurity_score
 from dynalens.estimators.concepts.task_accuracy import (
     TaskScores,
@@ -35,6 +40,7 @@ from dynalens.estimators.concepts.task_accuracy import (
 __all__ = [
     "ConceptResult",
     "ConceptScores",
+    "ConceptTaskLeakage",
     "InterventionCurve",
     "OracleImpurity",
     "TaskScores",
@@ -42,6 +48,8 @@ __all__ = [
     "concept_accuracy",
     "concept_auc",
     "concept_f1",
+    "concept_task_leakage",
+    "inter_concept_leakage",
     "intervention_curve",
     "oracle_impurity_score",
     "percentile_writes",
