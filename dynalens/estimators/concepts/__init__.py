@@ -29,6 +29,7 @@ from dynalens.estimators.concepts.leakage import (
     concept_task_leakage,
     inter_concept_leakage,
 )
+from dynalens.estimators.concepts.niche_impurity import NicheImpurity, niche_impurity_score
 from dynalens.estimators.concepts.oracle_impurity import OracleImpurity, oracle_impurity_score
 from dynalens.estimators.concepts.task_accuracy import (
     TaskScores,
@@ -42,6 +43,7 @@ __all__ = [
     "ConceptScores",
     "ConceptTaskLeakage",
     "InterventionCurve",
+    "NicheImpurity",
     "OracleImpurity",
     "TaskScores",
     "UndefinedConceptWarning",
@@ -51,6 +53,7 @@ __all__ = [
     "concept_task_leakage",
     "inter_concept_leakage",
     "intervention_curve",
+    "niche_impurity_score",
     "oracle_impurity_score",
     "percentile_writes",
     "task_accuracy",
