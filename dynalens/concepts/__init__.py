@@ -1,4 +1,4 @@
-"""Concept bottlenecks: synthetic concept data (and, later, concept bottleneck models).
+"""Concept bottlenecks: synthetic concept data and concept bottleneck models.
 
 Metrics live in :mod:`dynalens.estimators.concepts`; this package holds what they are
 tested on and, in later releases, the models they measure.
@@ -14,12 +14,16 @@ from dynalens.concepts.data import (
     make_tabular_concepts,
     soft_concepts,
 )
+from dynalens.concepts.models import ConceptBottleneckModel, FitHistory, fit_cbm
 
 __all__ = [
     "CONCEPT_NAMES",
     "GROUPS",
+    "ConceptBottleneckModel",
     "ConceptData",
+    "FitHistory",
     "Rule",
+    "fit_cbm",
     "make_tabular_concepts",
     "soft_concepts",
 ]
