@@ -22,17 +22,15 @@ from collections.abc import Sequence
 
 import torch
 
-from dynalens._validation import check_float, check_int, check_option
+from dynalens._validation import check_float, check_int
+from dynalens.concepts.data.annotate import annotate, check_annotation
 from dynalens.concepts.data.factors import (
-    CONCEPT_NAMES,
     DEFAULT_RULE,
-    GROUPS,
     ConceptData,
     Rule,
     factors_to_concepts,
     sample_factors,
 )
-from dynalens.errors import InvalidParameterError, close_matches
 
 __all__ = ["make_tabular_concepts"]
 
@@ -83,46 +81,21 @@ def make_tabular_concepts(
     n = check_int("n", n, min=1)
     d = check_int("d", d, min=1)
     rho = check_float("rho", rho, min=0.0, max=1.0)
-    check_option("annotation", annotation, ("instance", "class"))
-    concept_noise = check_float("concept_noise", concept_noise, min=0.0, max=0.5)
-    label_noise = check_float("label_noise", label_noise, min=0.0, max=0.5)
+    hidden, concept_noise, label_noise = check_annotation(
+        rule, hidden, annotation, concept_noise, label_noise
+    )
     input_noise = check_float("input_noise", input_noise, min=0.0)
     seed, world_seed = check_int("seed", seed), check_int("world_seed", world_seed)
-    hidden = tuple(hidden)
-    for name in (*rule.concepts(), *hidden):
-        if name not in CONCEPT_NAMES:
-            raise InvalidParameterError(
-                f"unknown concept {name!r}{close_matches(name, CONCEPT_NAMES)} Concepts: "
-                f"{', '.join(CONCEPT_NAMES)}."
-            )
     g = torch.Generator().manual_seed(seed)
     c_full = factors_to_concepts(sample_factors(n, rho, g))
-    y_clean = rule.apply(c_full)
     x = _phi(c_full, d, world_seed) + input_noise * torch.randn(n, d, generator=g)
 
-    visible = [i for i, name in enumerate(CONCEPT_NAMES) if name not in hidden]
-    c = c_full[:, visible].clone()
-    if annotation == "class":
-        c = _class_majority(c, y_clean, rule.n_classes)
-    if concept_noise > 0:
-        flip = torch.rand(c.shape, generator=g) < concept_noise
-        c = torch.where(flip, 1 - c, c)
-    y = y_clean.clone()
-    if label_noise > 0:
-        flip = torch.rand(n, generator=g) < label_noise
-        shift = torch.randint(1, rule.n_classes, (n,), generator=g)
-        y = torch.where(flip, (y + shift) % rule.n_classes, y)
-    position = {old: new for new, old in enumerate(visible)}
-    groups = tuple(
-        tuple(position[i] for i in members if i in position)
-        for members in GROUPS.values()
-        if any(i in position for i in members)
-    )
+    c, y, names, groups = annotate(c_full, rule, hidden, annotation, concept_noise, label_noise, g)
     return ConceptData(
         x=x,
         c=c,
         y=y,
-        names=tuple(CONCEPT_NAMES[i] for i in visible),
+        names=names,
         groups=groups,
         rule=rule,
         c_full=c_full,
@@ -141,13 +114,3 @@ def _phi(c: torch.Tensor, d: int, world_seed: int) -> torch.Tensor:
     w1 = torch.randn(c.shape[1], 32, generator=g) / c.shape[1] ** 0.5
     w2 = torch.randn(32, d, generator=g) / 32**0.5
     return torch.tanh((2 * c - 1) @ w1 * 2) @ w2 * 2
-
-
-def _class_majority(c: torch.Tensor, y: torch.Tensor, n_classes: int) -> torch.Tensor:
-    """Replace each row by its class's majority value of every concept (ties -> 1)."""
-    out = torch.empty_like(c)
-    for t in range(n_classes):
-        rows = y == t
-        if rows.any():
-            out[rows] = (c[rows].mean(0) >= 0.5).to(c.dtype)
-    return out
