@@ -11,6 +11,7 @@ from dynalens.concepts.data import (
     GROUPS,
     ConceptData,
     Rule,
+    make_shapes,
     make_tabular_concepts,
     soft_concepts,
 )
@@ -24,6 +25,7 @@ __all__ = [
     "FitHistory",
     "Rule",
     "fit_cbm",
+    "make_shapes",
     "make_tabular_concepts",
     "soft_concepts",
 ]

@@ -91,6 +91,8 @@ class ConceptData:
         c_full: the true, noise-free instance-level values of all twelve concepts (n, 12).
         hidden: names of concepts in the rule but not in the bottleneck.
         settings: the generator's arguments.
+        masks: per-concept pixel masks (n, 12, H, W) bool of the image generator (all
+            twelve concepts, True on the pixels that show a present concept), else None.
     """
 
     x: torch.Tensor
@@ -102,6 +104,7 @@ class ConceptData:
     c_full: torch.Tensor
     hidden: tuple[str, ...] = ()
     settings: dict[str, object] = field(default_factory=dict)
+    masks: torch.Tensor | None = None
 
 
 def sample_factors(n: int, rho: float, generator: torch.Generator) -> torch.Tensor:
