@@ -13,10 +13,14 @@ predict concept i:
           g_i(\hat c \text{ with the columns of } N_i(\beta) \text{ set to } 0)\big),
 
 on the test split, and :math:`\mathrm{NIS} = \int_0^1 \mathrm{imp}(\beta)\,d\beta`
-(trapezoid over ``betas``, divided by their range). A pure representation keeps concept i
-in its own column only: once that column is in the niche, the rest predicts i at chance
-(0.5). Interval: percentile bootstrap over test rows (probes fixed); ``n_seeds`` splits
-give the seed spread, which the guide measured at sd ≈ 0.014 for the cem probe.
+(trapezoid over ``betas``, divided by their range). ``compat="cem"`` reproduces the cem
+reference's integration (``metrics/niching.py: niche_impurity_score``): β in
+0, 0.05, ..., 0.95 and the trapezoid sum *not* divided by the range (so the score is at
+most 0.95); its MLP probe is not reproduced (the logistic probe is used). A pure
+representation keeps concept i in its own column only: once that column is in the niche,
+the rest predicts i at chance (0.5). Interval: percentile bootstrap over test rows
+(probes fixed); ``n_seeds`` splits give the seed spread, which the guide measured at
+sd ≈ 0.014 for the cem probe.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from typing import Any
 
 import torch
 
-from dynalens._validation import check_float, check_int
+from dynalens._validation import check_float, check_int, check_option
 from dynalens.errors import InvalidInputError, InvalidParameterError
 from dynalens.estimators.concepts._checks import as_binary_labels, as_matrix, require_both_classes
 from dynalens.estimators.concepts._probe import fit_binary_probes, predict_binary
@@ -70,12 +74,14 @@ def _niche_probabilities(
 
 
 def _nis(
-    proba: torch.Tensor, c_test: torch.Tensor, betas: torch.Tensor
+    proba: torch.Tensor, c_test: torch.Tensor, betas: torch.Tensor, normalise: bool = True
 ) -> tuple[float, torch.Tensor]:
     g, k = proba.shape[1], proba.shape[2]
     aucs = auc_columns(c_test.repeat(1, g), proba.reshape(-1, g * k)).reshape(g, k)
     curve = aucs.nanmean(1)
-    value = torch.trapezoid(curve, betas) / (betas[-1] - betas[0])
+    value = torch.trapezoid(curve, betas)
+    if normalise:
+        value = value / (betas[-1] - betas[0])
     return float(value), curve
 
 
@@ -86,6 +92,8 @@ class NicheImpurity:
     ----------
     betas : sequence of float in [0, 1], increasing (default 0, 0.05, ..., 1).
     test_size, seed, n_seeds, C, n_boot : as :class:`OracleImpurity`.
+    compat : None or "cem"
+        ``"cem"``: β grid 0..0.95 and an unnormalised trapezoid, as the cem code.
     """
 
     def __init__(
@@ -97,7 +105,9 @@ class NicheImpurity:
         n_seeds: int = 5,
         C: float = 1.0,
         n_boot: int = 200,
+        compat: str | None = None,
     ) -> None:
+        self.compat = compat
         self.betas = betas
         self.test_size = test_size
         self.seed = seed
@@ -114,7 +124,17 @@ class NicheImpurity:
         n_seeds = check_int("n_seeds", self.n_seeds, min=1)
         C = check_float("C", self.C, min=0.0, min_inclusive=False)
         n_boot = check_int("n_boot", self.n_boot, min=0)
-        grid = [i / 20 for i in range(21)] if self.betas is None else list(self.betas)
+        if self.compat is not None:
+            check_option("compat", self.compat, ("cem",))
+            if self.betas is not None:
+                raise InvalidParameterError(
+                    "compat='cem' fixes the beta grid (0, 0.05, ..., 0.95); pass betas= or "
+                    "compat=, not both."
+                )
+        cem = self.compat == "cem"
+        grid = (
+            [i / 20 for i in range(20 if cem else 21)] if self.betas is None else list(self.betas)
+        )
         betas = torch.tensor(grid, dtype=torch.float64)
         if len(grid) < 2 or (betas.diff() <= 0).any() or betas[0] < 0 or betas[-1] > 1:
             raise InvalidParameterError(
@@ -137,7 +157,7 @@ class NicheImpurity:
             ):
                 require_both_classes(c[rows], metric=METRIC, where=where, names=names)
             proba = _niche_probabilities(soft, c, train, test, betas, C)
-            value, curve = _nis(proba, c[test], betas)
+            value, curve = _nis(proba, c[test], betas, not cem)
             values.append(value)
             if first is None:
                 first = (value, curve, proba, c[test])
@@ -146,7 +166,7 @@ class NicheImpurity:
         interval = None
         if n_boot > 0:
             interval = bootstrap_interval(
-                lambda rows: _nis(proba[rows], c_test[rows], betas)[0],
+                lambda rows: _nis(proba[rows], c_test[rows], betas, not cem)[0],
                 len(c_test),
                 strata=None,
                 n_boot=n_boot,
@@ -167,6 +187,7 @@ class NicheImpurity:
                 "C": C,
                 "n_boot": n_boot,
                 "probe": "logistic",
+                "compat": self.compat,
             },
             details={"impurity_curve": curve, "betas": betas},
         )

@@ -64,6 +64,23 @@ def test_leak_raises_nis() -> None:
     assert all(r.seed_spread["sd"] < 0.03 for r in results)
 
 
+def test_compat_cem_integrates_to_0_95_without_normalising() -> None:
+    c = _independent(n=800)
+    soft = soft_concepts(c, signal=1.5, leak=1.0, noise=0.7, seed=3)
+    cem = niche_impurity_score(soft, c, compat="cem", n_seeds=1, n_boot=0)
+    curve = cem.details["impurity_curve"]
+    assert cem.params["betas"] == [i / 20 for i in range(20)]
+    # cem's loop: auc += (prev + value) * delta / 2
+    expected = sum((curve[i - 1] + curve[i]).item() * 0.05 / 2 for i in range(1, 20))
+    assert cem.value == pytest.approx(expected, abs=1e-12)
+    same_grid = niche_impurity_score(
+        soft, c, betas=[i / 20 for i in range(20)], n_seeds=1, n_boot=0
+    )
+    assert same_grid.value == pytest.approx(cem.value / 0.95, abs=1e-12)
+    with pytest.raises(InvalidParameterError, match="not both"):
+        NicheImpurity(compat="cem", betas=[0.0, 1.0]).estimate(soft, c)
+
+
 def test_bad_input_refuses() -> None:
     c = _independent(n=200)
     soft = soft_concepts(c)
