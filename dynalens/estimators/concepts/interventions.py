@@ -24,6 +24,13 @@ Policies (masks are nested: the groups intervened after j steps contain those af
 - a callable ``policy(c_pred, c_true, mask) -> scores`` (n, G): called before each step
   with the current (n, G) mask; the highest-scoring group not yet intervened is next.
 
+``compat="koh"`` reproduces Koh et al.'s ``CUB/tti.py: simulate_group_intervention``: the
+random policy draws, for every j separately, a fresh subset of j groups per sample (not
+nested), repeats ``n_trials`` times (5 in the released script) and reports the **maximum**
+accuracy over the trials (an optimistic, upward-biased curve; ``details["trials"]``); a
+logit bottleneck without ``writes`` gets the 5th / 95th percentiles of the *evaluated*
+``c_pred`` (the default takes them from training logits via :func:`percentile_writes`).
+
 Summaries in ``details``: ``mean`` (PyC ``intervention_score`` with accuracy as scorer),
 ``area`` (trapezoid / G), ``gain_at_1`` = a(1) - a(0).
 """
@@ -90,6 +97,11 @@ class InterventionCurve:
         Monte Carlo draws of the random policy.
     seed : int
         Seed of the random policy.
+    compat : None or "koh"
+        Koh et al.'s released random curve (max over ``n_trials`` non-nested trials) and
+        evaluated-split percentile writes.
+    n_trials : int
+        Trials of ``compat="koh"`` (5 as in the released script).
     """
 
     def __init__(
@@ -105,7 +117,11 @@ class InterventionCurve:
         budget: int = 4096,
         n_mc: int = 100,
         seed: int = 0,
+        compat: str | None = None,
+        n_trials: int = 5,
     ) -> None:
+        self.compat = compat
+        self.n_trials = n_trials
         self.policy = policy
         self.groups = groups
         self.bottleneck = bottleneck
@@ -133,6 +149,8 @@ class InterventionCurve:
         budget = check_int("budget", self.budget, min=1)
         n_mc = check_int("n_mc", self.n_mc, min=2)
         seed = check_int("seed", self.seed)
+        n_trials = check_int("n_trials", self.n_trials, min=1)
+        koh = self.compat is not None and check_option("compat", self.compat, ("koh",)) == "koh"
         policy = self.policy
         if not callable(policy):
             policy = check_option("policy", policy, POLICIES)
@@ -146,9 +164,14 @@ class InterventionCurve:
             )
         labels = as_class_labels("y", y, n=n)
         members = _membership(self.groups, k)
-        off, on = _writes(self.writes, bottleneck, k)
+        writes = self.writes
+        if koh and writes is None and bottleneck == "logit":
+            writes = percentile_writes(pred)  # the released code: the evaluated split
+        off, on = _writes(writes, bottleneck, k)
         engine = _Engine(task_fn, pred, c, labels, members, off, on, task_output == "logits")
-        if policy == "random":
+        if policy == "random" and koh:
+            curve, details = engine.random_koh(metric, n_trials, seed)
+        elif policy == "random":
             exact = _choose_exact(random_mode, members.shape[0], budget, metric)
             curve, details = (
                 engine.random_exact(metric) if exact else engine.random_mc(metric, n_mc, seed)
@@ -188,6 +211,7 @@ class InterventionCurve:
                 "metric": metric,
                 "groups": [m.nonzero().flatten().tolist() for m in members],
                 "seed": seed,
+                "compat": self.compat,
             },
             details=details,
         )
@@ -356,6 +380,17 @@ class _Engine:
             [math.comb(self.g, j) for j in range(self.g + 1)], dtype=torch.float64
         )
         return sums / counts, {"exact": True, "masks": None, "band": None}
+
+    def random_koh(
+        self, metric: str, n_trials: int, seed: int
+    ) -> tuple[torch.Tensor, dict[str, Any]]:
+        gen = torch.Generator().manual_seed(seed)
+        trials = torch.zeros(self.g + 1, n_trials, dtype=torch.float64)
+        for j in range(self.g + 1):
+            for t in range(n_trials):
+                rank = torch.rand(self.n, self.g, generator=gen).argsort(1).argsort(1)
+                trials[j, t] = self.score(rank < j, metric)
+        return trials.amax(1), {"exact": False, "masks": None, "band": None, "trials": trials}
 
     def random_mc(self, metric: str, n_mc: int, seed: int) -> tuple[torch.Tensor, dict[str, Any]]:
         gen = torch.Generator().manual_seed(seed)

@@ -163,8 +163,35 @@ def test_auc_metric_and_binary_task() -> None:
     assert r.details["curve"][-1] == 1.0 and r.details["curve"][0] < 1.0
 
 
+def test_compat_koh_reports_the_max_over_fresh_trials() -> None:
+    data, p = _setup(n=300, seed=3)
+    koh = intervention_curve(
+        rule_head, p, data.c, data.y, groups=GROUP_LIST, compat="koh", n_trials=5
+    )
+    exact = intervention_curve(rule_head, p, data.c, data.y, groups=GROUP_LIST)
+    trials = koh.details["trials"]
+    assert trials.shape == (5, 5)
+    assert torch.equal(koh.details["curve"], trials.amax(1))
+    assert koh.details["curve"][0] == exact.details["curve"][0]
+    assert koh.details["curve"][-1] == exact.details["curve"][-1]
+    assert (koh.details["curve"] >= exact.details["curve"]).all()  # the max is optimistic
+    assert (koh.details["curve"][1:-1] > exact.details["curve"][1:-1]).any()
+
+
+def test_compat_koh_writes_percentiles_of_the_evaluated_logits() -> None:
+    c = torch.tensor([[1.0, 0.0]] * 3)
+    logits = torch.tensor([[-1.0, 1.0], [0.0, 0.5], [1.0, 2.0]])
+    r = intervention_curve(
+        lambda z: torch.zeros(3, 2), logits, c, [0, 0, 0], bottleneck="logit", compat="koh"
+    )
+    off, on = percentile_writes(logits)
+    assert torch.equal(r.params["writes"][0], off) and torch.equal(r.params["writes"][1], on)
+
+
 def test_bad_input_refuses() -> None:
     data, p = _setup(n=20)
+    with pytest.raises(InvalidParameterError, match="compat"):
+        intervention_curve(rule_head, p, data.c, data.y, compat="cem")
     with pytest.raises(InvalidParameterError, match="policy"):
         InterventionCurve("randm").estimate(rule_head, p, data.c, data.y)
     with pytest.raises(InvalidParameterError, match="disjoint"):
