@@ -30,17 +30,27 @@ class Engine:
         off: torch.Tensor,
         on: torch.Tensor,
         logits: bool,
+        wrong: torch.Tensor | None = None,
     ) -> None:
         self.task_fn, self.pred, self.c, self.y = task_fn, pred, c, y
         self.members, self.logits = members, logits
-        self.target = torch.where(c == 1, on, off)
+        self.on, self.off = on, off
+        said = c if wrong is None else torch.where(wrong, 1 - c, c)  # competence < 1
+        self.target = torch.where(said == 1, on, off)
         self.n, self.g = pred.shape[0], members.shape[0]
         self._checked = False
 
+    def values(self, mask: torch.Tensor) -> torch.Tensor:
+        """Bottleneck values (n, k) with the groups in ``mask`` (n, G) written."""
+        concept_mask = (mask.to(torch.float64) @ self.members.to(torch.float64)) > 0
+        return torch.where(concept_mask, self.target, self.pred)
+
     def proba(self, mask: torch.Tensor) -> torch.Tensor:
         """Class probabilities (n, T) with the groups in ``mask`` (n, G) written."""
-        concept_mask = (mask.to(torch.float64) @ self.members.to(torch.float64)) > 0
-        values = torch.where(concept_mask, self.target, self.pred)
+        return self.proba_of(self.values(mask))
+
+    def proba_of(self, values: torch.Tensor) -> torch.Tensor:
+        """Class probabilities (n, T) of ``task_fn`` on bottleneck values (n, k)."""
         with torch.no_grad():
             out = self.task_fn(values.to(self._dtype()))
         if not torch.is_tensor(out) or out.shape[0] != self.n:
@@ -84,6 +94,23 @@ class Engine:
             mask[rows, scores.argmax(1)] = True
             masks.append(mask.clone())
         return torch.stack(masks)
+
+    def entropy_scores(self, mask: torch.Tensor, p_on: torch.Tensor) -> torch.Tensor:
+        """Koh et al.'s expected entropy reduction of the task prediction, per open group:
+        the mean over its concepts j of H(y_hat) - sum_v P(c_j = v) H(y_hat | c_j <- v),
+        with P(c_j = 1) = ``p_on`` (n, k) and the current writes in place."""
+        current = self.values(mask)
+        h_now = _entropy(self.proba_of(current))
+        gain = torch.zeros_like(current)
+        for j in range(current.shape[1]):
+            hs = []
+            for write in (self.on, self.off):
+                trial = current.clone()
+                trial[:, j] = write[j]
+                hs.append(_entropy(self.proba_of(trial)))
+            gain[:, j] = h_now - (p_on[:, j] * hs[0] + (1 - p_on[:, j]) * hs[1])
+        members = self.members.to(gain.dtype)
+        return (gain @ members.T) / members.sum(1)
 
     def oracle_scores(self, mask: torch.Tensor) -> torch.Tensor:
         """Per sample and open group: the true-class probability after writing it."""
@@ -138,3 +165,8 @@ class Engine:
             "spread": q.T.contiguous(),
             "runs": runs,
         }
+
+
+def _entropy(proba: torch.Tensor) -> torch.Tensor:
+    """Shannon entropy (nats) of each row of class probabilities."""
+    return -(proba * proba.clamp_min(1e-300).log()).sum(1)

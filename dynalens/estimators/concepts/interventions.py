@@ -19,6 +19,10 @@ Policies (masks are nested: the groups intervened after j steps contain those af
   2.5-97.5 % spread of single draws.
 - ``"uncertainty"``: cem's score :math:`1/|p - 0.5 + 10^{-8}|` per concept (p = sigmoid of
   a logit bottleneck), a group scores the max over its concepts, most uncertain first.
+- ``"entropy"``: Koh et al.'s greedy, adaptive choice by expected entropy reduction of
+  the task prediction, per concept :math:`H(\hat y) - \sum_v P(c_j = v)\, H(\hat y \mid
+  c_j \leftarrow w_v)` with :math:`P(c_j = 1) = p_j` (sigmoid of a logit), averaged per
+  group (the definition; the released code references undefined names).
 - ``"oracle"``: greedy, per sample the group whose write raises the true-class
   probability most (an upper reference for the other policies, not a proven bound).
 - a callable ``policy(c_pred, c_true, mask) -> scores`` (n, G): called before each step
@@ -31,6 +35,10 @@ accuracy over the trials (an optimistic, upward-biased curve; ``details["trials"
 logit bottleneck without ``writes`` gets the 5th / 95th percentiles of the *evaluated*
 ``c_pred`` (the default takes them from training logits via :func:`percentile_writes`).
 
+``competence`` q: each written value is the true one with probability q and the wrong one
+otherwise, drawn once per (sample, concept) from ``seed`` (Koh et al.'s noisy-intervener
+setting is q < 1).
+
 Summaries in ``details``: ``mean`` (PyC ``intervention_score`` with accuracy as scorer),
 ``area`` (trapezoid / G), ``gain_at_1`` = a(1) - a(0).
 """
@@ -42,7 +50,7 @@ from typing import Any
 
 import torch
 
-from dynalens._validation import check_int, check_option
+from dynalens._validation import check_float, check_int, check_option
 from dynalens.errors import InvalidInputError, InvalidParameterError
 from dynalens.estimators.concepts._checks import (
     as_binary_labels,
@@ -56,7 +64,7 @@ from dynalens.estimators.concepts._result import ConceptResult
 __all__ = ["InterventionCurve", "intervention_curve", "percentile_writes"]
 
 Policy = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
-POLICIES = ("random", "uncertainty", "oracle")
+POLICIES = ("random", "uncertainty", "entropy", "oracle")
 
 
 def percentile_writes(
@@ -76,7 +84,7 @@ class InterventionCurve:
 
     Parameters
     ----------
-    policy : "random", "uncertainty", "oracle" or a callable (see module docstring).
+    policy : "random", "uncertainty", "entropy", "oracle" or a callable (see module docstring).
     groups : sequence of sequences of concept indices (default: one group per concept).
     bottleneck : {"prob", "logit"}
         What ``c_pred`` holds and ``task_fn`` reads.
@@ -99,6 +107,8 @@ class InterventionCurve:
         evaluated-split percentile writes.
     n_trials : int
         Trials of ``compat="koh"`` (5 as in the released script).
+    competence : float in [0, 1]
+        Probability that a written value is the true one (default 1).
     """
 
     def __init__(
@@ -116,7 +126,9 @@ class InterventionCurve:
         seed: int = 0,
         compat: str | None = None,
         n_trials: int = 5,
+        competence: float = 1.0,
     ) -> None:
+        self.competence = competence
         self.compat = compat
         self.n_trials = n_trials
         self.policy = policy
@@ -147,6 +159,7 @@ class InterventionCurve:
         n_mc = check_int("n_mc", self.n_mc, min=2)
         seed = check_int("seed", self.seed)
         n_trials = check_int("n_trials", self.n_trials, min=1)
+        competence = check_float("competence", self.competence, min=0.0, max=1.0)
         koh = self.compat is not None and check_option("compat", self.compat, ("koh",)) == "koh"
         policy = self.policy
         if not callable(policy):
@@ -165,7 +178,12 @@ class InterventionCurve:
         if koh and writes is None and bottleneck == "logit":
             writes = percentile_writes(pred)  # the released code: the evaluated split
         off, on = _writes(writes, bottleneck, k)
-        engine = Engine(task_fn, pred, c, labels, members, off, on, task_output == "logits")
+        wrong = None
+        if competence < 1:
+            gen = torch.Generator().manual_seed(seed + 7919)  # independent of the policy's
+            wrong = torch.rand(c.shape, generator=gen, dtype=torch.float64) >= competence
+        logits_out = task_output == "logits"
+        engine = Engine(task_fn, pred, c, labels, members, off, on, logits_out, wrong)
         if policy == "random" and koh:
             curve, details = engine.random_koh(metric, n_trials, seed)
         elif policy == "random":
@@ -177,6 +195,9 @@ class InterventionCurve:
             if policy == "uncertainty":
                 scores = _uncertainty(pred, bottleneck, members)
                 masks = engine.nested(lambda mask: scores)
+            elif policy == "entropy":
+                p_on = pred if bottleneck == "prob" else torch.sigmoid(pred)
+                masks = engine.nested(lambda mask: engine.entropy_scores(mask, p_on))
             elif policy == "oracle":
                 masks = engine.nested(engine.oracle_scores)
             elif callable(policy):
@@ -209,6 +230,7 @@ class InterventionCurve:
                 "groups": [m.nonzero().flatten().tolist() for m in members],
                 "seed": seed,
                 "compat": self.compat,
+                "competence": competence,
             },
             details=details,
         )

@@ -188,8 +188,50 @@ def test_compat_koh_writes_percentiles_of_the_evaluated_logits() -> None:
     assert torch.equal(r.params["writes"][0], off) and torch.equal(r.params["writes"][1], on)
 
 
+def test_entropy_policy_matches_a_per_sample_loop() -> None:
+    g = torch.Generator().manual_seed(5)
+    c = (torch.rand(40, 4, generator=g) < 0.5).float()
+    p = torch.rand(40, 4, generator=g)
+    w = torch.tensor([[0.5, -0.5], [0.0, 0.0], [3.0, -3.0], [1.0, 1.5]])
+
+    def head(z):
+        return z @ w
+
+    r = intervention_curve(head, p, c, torch.zeros(40, dtype=torch.long), policy="entropy")
+    first = (r.details["masks"][1] & ~r.details["masks"][0]).int().argmax(1)
+
+    def entropy(z):
+        q = torch.softmax(z.double() @ w.double(), 0)
+        return float(-(q * q.log()).sum())
+
+    for i in range(40):  # float64 per-sample loop over the definition
+        gains = []
+        for j in range(4):
+            on, off = p[i].clone(), p[i].clone()
+            on[j], off[j] = 1.0, 0.0
+            pj = float(p[i, j])
+            gains.append(entropy(p[i]) - (pj * entropy(on) + (1 - pj) * entropy(off)))
+        assert int(first[i]) == max(range(4), key=lambda j: gains[j])
+        assert abs(gains[1]) < 1e-12  # concept 1 does not move the head
+
+
+def test_competence_lowers_the_fully_intervened_accuracy() -> None:
+    data, p = _setup(n=400)
+    full = []
+    for q in (0.0, 0.5, 0.9, 1.0):
+        r = intervention_curve(
+            rule_head, p, data.c, data.y, policy="uncertainty", competence=q, seed=1
+        )
+        full.append(float(r.details["curve"][-1]))
+    assert full == sorted(full) and full[-1] == 1.0 and full[0] < 0.2
+    default = intervention_curve(rule_head, p, data.c, data.y, policy="uncertainty")
+    assert default.details["curve"][-1] == 1.0
+
+
 def test_bad_input_refuses() -> None:
     data, p = _setup(n=20)
+    with pytest.raises(InvalidParameterError, match="competence"):
+        intervention_curve(rule_head, p, data.c, data.y, competence=1.5)
     with pytest.raises(InvalidParameterError, match="compat"):
         intervention_curve(rule_head, p, data.c, data.y, compat="cem")
     with pytest.raises(InvalidParameterError, match="policy"):
