@@ -23,19 +23,21 @@ __all__ = [
 
 
 def average_ranks(x: torch.Tensor) -> torch.Tensor:
-    """Average ranks (1-based) of each column of x (n, k); ties share their mean rank."""
-    n = x.shape[0]
-    order = x.argsort(dim=0, stable=True)
-    xs = x.gather(0, order)
-    pos = torch.arange(n, dtype=torch.int64)[:, None].expand_as(xs)
+    """Average ranks (1-based) of each column of x (n, k); ties share their mean rank.
+    Works on the contiguous transpose (sorting along the last axis is far faster)."""
+    xt = x.T.contiguous()
+    n = xt.shape[1]
+    order = xt.argsort(dim=1, stable=True)
+    xs = xt.gather(1, order)
+    pos = torch.arange(n, dtype=torch.int64).expand_as(xs)
     new = torch.ones_like(xs, dtype=torch.bool)
-    new[1:] = xs[1:] != xs[:-1]
+    new[:, 1:] = xs[:, 1:] != xs[:, :-1]
     last = torch.ones_like(xs, dtype=torch.bool)
-    last[:-1] = new[1:]
-    start = torch.where(new, pos, torch.zeros_like(pos)).cummax(0).values
-    end_flipped = torch.where(last, pos, torch.full_like(pos, n)).flip(0).cummin(0).values
-    mean_rank = (start + end_flipped.flip(0)).to(x.dtype) / 2 + 1
-    return torch.empty_like(x).scatter_(0, order, mean_rank)
+    last[:, :-1] = new[:, 1:]
+    start = torch.where(new, pos, torch.zeros_like(pos)).cummax(1).values
+    end = torch.where(last, pos, torch.full_like(pos, n)).flip(1).cummin(1).values.flip(1)
+    mean_rank = (start + end).to(x.dtype) / 2 + 1
+    return torch.empty_like(xt).scatter_(1, order, mean_rank).T
 
 
 def auc_columns(labels: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:

@@ -67,6 +67,21 @@ def test_purity_matrix_equals_the_probes_held_out_auc() -> None:
         )
 
 
+@pytest.mark.parametrize("C", [0.01, 1.0, 100.0])
+def test_closed_form_probe_direction_equals_the_fitted_probes_sign(C: float) -> None:
+    from dynalens.estimators.concepts.oracle_impurity import _pairwise_probe_directions
+
+    data = make_tabular_concepts(500, rho=0.5, seed=1)
+    c = data.c.double()
+    soft = soft_concepts(c, signal=1.0, leak=0.7, noise=1.0, seed=2)
+    train, _ = train_test_split(500, 0.2, 0)
+    sign = _pairwise_probe_directions(soft, c, train)
+    k = c.shape[1]
+    x = soft[train].T.repeat_interleave(k, 0)[..., None]
+    theta = fit_binary_probes(x, c[train].T.repeat(k, 1), C=C)
+    assert torch.equal(torch.sign(theta[:, 0]).reshape(k, k), sign)
+
+
 def test_pure_representation_scores_below_leaky_ones_and_leak_raises_ois() -> None:
     data = make_tabular_concepts(2000, seed=0)
     values, intervals = [], []
