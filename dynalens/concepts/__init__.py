@@ -1,0 +1,31 @@
+"""Concept bottlenecks: synthetic concept data and concept bottleneck models.
+
+Metrics live in :mod:`dynalens.estimators.concepts`; this package holds what they are
+tested on and, in later releases, the models they measure.
+"""
+
+from __future__ import annotations
+
+from dynalens.concepts.data import (
+    CONCEPT_NAMES,
+    GROUPS,
+    ConceptData,
+    Rule,
+    make_shapes,
+    make_tabular_concepts,
+    soft_concepts,
+)
+from dynalens.concepts.models import ConceptBottleneckModel, FitHistory, fit_cbm
+
+__all__ = [
+    "CONCEPT_NAMES",
+    "GROUPS",
+    "ConceptBottleneckModel",
+    "ConceptData",
+    "FitHistory",
+    "Rule",
+    "fit_cbm",
+    "make_shapes",
+    "make_tabular_concepts",
+    "soft_concepts",
+]

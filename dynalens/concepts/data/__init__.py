@@ -1,0 +1,18 @@
+"""Synthetic concept data with a known task rule: tabular and image variants."""
+
+from __future__ import annotations
+
+from dynalens.concepts.data.factors import CONCEPT_NAMES, GROUPS, ConceptData, Rule
+from dynalens.concepts.data.shapes import make_shapes
+from dynalens.concepts.data.soft import soft_concepts
+from dynalens.concepts.data.tabular import make_tabular_concepts
+
+__all__ = [
+    "CONCEPT_NAMES",
+    "GROUPS",
+    "ConceptData",
+    "Rule",
+    "make_shapes",
+    "make_tabular_concepts",
+    "soft_concepts",
+]
