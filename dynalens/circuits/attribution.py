@@ -27,11 +27,12 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
+from dynalens.circuits._inputs import check_pair, check_pair_mode, check_positive
 from dynalens.circuits.metrics import Metric, check_per_example
 from dynalens.circuits.patching import make_cells
 from dynalens.circuits.results import Cell, PatchingResult
-from dynalens.errors import InvalidInputError, InvalidParameterError
-from dynalens.probe.interventions import check_eval_mode, logits_of, record_activations
+from dynalens.errors import InvalidInputError
+from dynalens.probe.interventions import logits_of, record_activations
 from dynalens.probe.interventions_sites import (
     Backend,
     CapabilityError,
@@ -135,16 +136,9 @@ def attribution_patching(
     Costs ``3 + ig_steps`` forwards and ``ig_steps`` backwards for all cells together.
     The model's parameters need not require grad (the embedding output is made a leaf).
     """
-    if mode not in ("denoising", "noising"):
-        raise InvalidParameterError(f"mode must be 'denoising' or 'noising'; got {mode!r}.")
-    if not isinstance(ig_steps, int) or ig_steps < 1:
-        raise InvalidParameterError(f"ig_steps must be a positive int; got {ig_steps!r}.")
-    check_eval_mode(model)
-    if corrupt.shape != clean.shape:
-        raise InvalidInputError(
-            f"clean {tuple(clean.shape)} and corrupt {tuple(corrupt.shape)} must have the same "
-            "shape (token-aligned pairs); pad or truncate them to one length."
-        )
+    check_pair_mode(mode)
+    check_positive("ig_steps", ig_steps)
+    check_pair(model, clean, corrupt)
     backend = detect_backend(model)
     cells = make_cells(
         backend,

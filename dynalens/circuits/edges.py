@@ -30,10 +30,11 @@ import torch
 from torch import nn
 
 from dynalens._optional import require
+from dynalens.circuits._inputs import check_pair, check_pair_mode, check_positive
 from dynalens.circuits.attribution import constant_leaf, embedding_site, keeper
 from dynalens.circuits.metrics import Metric, check_per_example
-from dynalens.errors import InvalidInputError, InvalidParameterError
-from dynalens.probe.interventions import check_eval_mode, logits_of, record_activations
+from dynalens.errors import InvalidParameterError
+from dynalens.probe.interventions import logits_of, record_activations
 from dynalens.probe.interventions_sites import (
     Backend,
     CapabilityError,
@@ -105,16 +106,9 @@ def edge_attribution_patching(
     embed_site: str | None = None,
 ) -> EdgeScores:
     """Attribution of every edge of the model's graph (see the module docstring)."""
-    if mode not in ("denoising", "noising"):
-        raise InvalidParameterError(f"mode must be 'denoising' or 'noising'; got {mode!r}.")
-    if not isinstance(ig_steps, int) or ig_steps < 1:
-        raise InvalidParameterError(f"ig_steps must be a positive int; got {ig_steps!r}.")
-    check_eval_mode(model)
-    if corrupt.shape != clean.shape:
-        raise InvalidInputError(
-            f"clean {tuple(clean.shape)} and corrupt {tuple(corrupt.shape)} must have the same "
-            "shape (token-aligned pairs); pad or truncate them to one length."
-        )
+    check_pair_mode(mode)
+    check_positive("ig_steps", ig_steps)
+    check_pair(model, clean, corrupt)
     backend = detect_backend(model)
     n_layers, n_heads, n_kv, has_mlp = _layout(backend)
     embed = embed_site or embedding_site(backend)

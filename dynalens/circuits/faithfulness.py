@@ -23,13 +23,13 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from dynalens.circuits._inputs import check_pair, check_positive
 from dynalens.circuits.attribution import embedding_site
 from dynalens.circuits.metrics import Metric, check_per_example
 from dynalens.circuits.results import Cell, PatchingResult
 from dynalens.errors import InvalidInputError, InvalidParameterError
 from dynalens.probe.interventions import (
     Intervention,
-    check_eval_mode,
     intervene,
     logits_of,
     mean_activation,
@@ -107,14 +107,8 @@ def faithfulness(
     """
     if ablation not in ("resample", "mean"):
         raise InvalidParameterError(f"ablation must be 'resample' or 'mean'; got {ablation!r}.")
-    if not isinstance(max_rows, int) or max_rows < 1:
-        raise InvalidParameterError(f"max_rows must be a positive int; got {max_rows!r}.")
-    check_eval_mode(model)
-    if corrupt.shape != clean.shape:
-        raise InvalidInputError(
-            f"clean {tuple(clean.shape)} and corrupt {tuple(corrupt.shape)} must have the same "
-            "shape (token-aligned pairs); pad or truncate them to one length."
-        )
+    check_positive("max_rows", max_rows)
+    check_pair(model, clean, corrupt)
     backend = detect_backend(model)
     nodes = circuit_nodes(model, backend=backend)
     known = {_key(n) for n in nodes}

@@ -20,12 +20,12 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from dynalens.circuits._inputs import check_pair, check_positive
 from dynalens.circuits.metrics import Metric, check_per_example
 from dynalens.circuits.results import HEAD_COMPONENTS, Cell, PatchingResult
 from dynalens.errors import InvalidInputError, InvalidParameterError
 from dynalens.probe.interventions import (
     Intervention,
-    check_eval_mode,
     intervene,
     logits_of,
     mean_activation,
@@ -182,16 +182,10 @@ def activation_patching(
     """
     if mode not in MODES:
         raise InvalidParameterError(f"mode must be one of {MODES}; got {mode!r}.")
-    check_eval_mode(model)
     if corrupt is None and mode in ("denoising", "noising"):
         raise InvalidInputError(f"mode={mode!r} needs a corrupt input; pass corrupt=.")
-    if corrupt is not None and corrupt.shape != clean.shape:
-        raise InvalidInputError(
-            f"clean {tuple(clean.shape)} and corrupt {tuple(corrupt.shape)} must have the same "
-            "shape (token-aligned pairs); pad or truncate them to one length."
-        )
-    if not isinstance(max_rows, int) or max_rows < 1:
-        raise InvalidParameterError(f"max_rows must be a positive int; got {max_rows!r}.")
+    check_pair(model, clean, corrupt)
+    check_positive("max_rows", max_rows)
     if clean.ndim < 2:
         raise InvalidInputError(
             f"inputs must be [batch, pos, ...]; got shape {tuple(clean.shape)}."

@@ -31,12 +31,12 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from dynalens.circuits._inputs import check_pair, check_pair_mode, check_positive
 from dynalens.circuits.metrics import Metric, check_per_example
 from dynalens.circuits.results import Cell, PatchingResult
 from dynalens.errors import InvalidInputError, InvalidParameterError
 from dynalens.probe.interventions import (
     Intervention,
-    check_eval_mode,
     intervene,
     logits_of,
     record_activations,
@@ -102,16 +102,9 @@ def path_patching(
     mode : ``"denoising"`` (base corrupt, senders clean) or ``"noising"``.
     freeze_mlps : freeze MLPs that are not receivers in step 2 (direct paths only).
     """
-    if mode not in ("denoising", "noising"):
-        raise InvalidParameterError(f"mode must be 'denoising' or 'noising'; got {mode!r}.")
-    if not isinstance(max_rows, int) or max_rows < 1:
-        raise InvalidParameterError(f"max_rows must be a positive int; got {max_rows!r}.")
-    check_eval_mode(model)
-    if corrupt.shape != clean.shape:
-        raise InvalidInputError(
-            f"clean {tuple(clean.shape)} and corrupt {tuple(corrupt.shape)} must have the same "
-            "shape (token-aligned pairs); pad or truncate them to one length."
-        )
+    check_pair_mode(mode)
+    check_positive("max_rows", max_rows)
+    check_pair(model, clean, corrupt)
     backend = detect_backend(model)
     recv = _check_receivers(backend, receivers)
     n_layers = int(backend.n_layers or 0)
