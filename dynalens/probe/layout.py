@@ -21,6 +21,7 @@
           inputs/<site>            the module's first positional input
           param_grads/<site>/<p>   gradients of the site module's own parameters
           probe_activations/<site> activations on the fixed probe set
+          checkpoints/<key>        state_dict entry <key> at checkpointed steps (rank 0)
           scalars/step, scalars/<key>    the scalar table (loss, lr, ...), float64; <key>
                                    is the name escaped (train/loss -> train%2Floss),
                                    the name itself in the column's attrs["name"]

@@ -45,6 +45,7 @@ from dynalens.probe import distributed as dist_util
 from dynalens.probe import layout, shutdown
 from dynalens.probe.background import BackgroundWriter
 from dynalens.probe.capture import StepBuffer, Subsampler, batch_dim, site_axes, snapshot
+from dynalens.probe.checkpoints import checkpoint_arrays
 from dynalens.probe.dtypes import STORAGE_DTYPES, torch_dtype
 from dynalens.probe.hooks import HookSet, first_tensor
 from dynalens.probe.names import check_path_name
@@ -92,6 +93,12 @@ class Recorder:
         max_pending: records that may wait for the writer before ``step`` blocks.
         start_step: the step number of the first training step.
         seed: seed of the row / position subsets.
+        checkpoints: a schedule (as ``every``) of steps at which the model's
+            ``state_dict()`` is stored: at step ``s``, the parameters and buffers the
+            training batch of ``s`` saw (before update ``s``), exactly, in their own
+            dtype; read back with ``store.checkpoint(s)`` / ``store.load_checkpoint``.
+            When the step after the last one is on it, ``close()`` stores the final
+            parameters as that step.
     """
 
     def __init__(
@@ -115,6 +122,7 @@ class Recorder:
         max_pending: int = 4,
         start_step: int = 0,
         seed: int = 0,
+        checkpoints: int | Iterable[int] | Schedule | Callable[[int], bool] | None = None,
     ) -> None:
         self.model = model
         self.site_patterns: dict[str, list[str]] = {}  # glob / type -> sites it matched
@@ -126,6 +134,9 @@ class Recorder:
             check_path_name("run name", run)
         max_pending = check_int("max_pending", max_pending, min=1)
         self.schedule = as_schedule(every)
+        self._ckpt_schedule = None if checkpoints is None else as_schedule(checkpoints)
+        for key in model.state_dict() if checkpoints is not None else ():
+            check_path_name("state_dict key", key)
         capture = (capture,) if isinstance(capture, str) else capture
         self.capture = tuple(
             dict.fromkeys(check_option("capture", c, CAPTURE_KINDS) for c in capture)
@@ -231,6 +242,12 @@ class Recorder:
             "compression": compression,
             "durability": durability,
             "world_size": self.world_size,
+            "checkpoints": None
+            if self._ckpt_schedule is None
+            else {
+                "schedule": self._ckpt_schedule.describe(),
+                "keys": list(self.model.state_dict()),
+            },
             "model": {"class": type(self.model).__name__, "parameters": int(n_params)},
             "config": dist_util.json_safe(config or {}),
             "versions": {
@@ -336,6 +353,8 @@ class Recorder:
         self._probe_parts: dict[str, list[torch.Tensor]] = {}
         if self._armed and self._probe_x is not None and self.rank == 0:
             self._run_probe()
+        due = self._ckpt_schedule is not None and self._ckpt_schedule(step) and self.rank == 0
+        self._ckpt = checkpoint_arrays(self.model) if due else {}
 
     @torch.no_grad()
     def _run_probe(self) -> None:
@@ -414,6 +433,8 @@ class Recorder:
             self.log(step, **scalars)
         if self._armed:
             self._submit_record(step, sample_ids)
+        elif self._ckpt:
+            self._bg.submit(self._writer.write_record, step, self._ckpt, None)
         self._arm(step + 1)
 
     def _submit_record(self, step: int, sample_ids: Any) -> None:
@@ -445,7 +466,7 @@ class Recorder:
                     "smallest batch) or use drop_last=True in the DataLoader."
                 )
         ids = None if sample_ids is None else self._sample_ids(sample_ids, step, ragged)
-        arrays = self._buf.arrays()
+        arrays = {**self._buf.arrays(), **self._ckpt}
         self._bg.submit(self._writer.write_record, step, arrays, ids)
         if not self._first_record_done and self.rank == 0:
             self._first_record_done = True
@@ -540,8 +561,9 @@ class Recorder:
                 for path, item in self._buf.arrays().items()
                 if path.startswith(layout.PROBE_ACTIVATIONS + "/")
             }
-            if self._armed and probe:  # the final parameters, on the probe set
-                self._bg.submit(self._writer.write_record, self._armed_step, probe, None)
+            final = {**probe, **self._ckpt} if self._armed else dict(self._ckpt)
+            if final:  # the final parameters: on the probe set, and/or a checkpoint
+                self._bg.submit(self._writer.write_record, self._armed_step, final, None)
             self._bg.submit(self._writer.close)
         finally:
             self._abort()

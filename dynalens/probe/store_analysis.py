@@ -1,16 +1,21 @@
-"""What analyses do with a store beyond reading records: lazy out-of-core arrays (Dask)
-and cached result tables next to the records (e.g. the information plane)."""
+"""What analyses do with a store beyond reading records: lazy out-of-core arrays (Dask),
+cached result tables next to the records (e.g. the information plane), and the model
+checkpoints a run stored (see :mod:`dynalens.probe.checkpoints`)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import numpy as np
+import torch
 import zarr
+from torch import nn
 
-from dynalens.errors import ReadOnlyStoreError
+from dynalens.errors import ReadOnlyStoreError, SiteNotFoundError, StepNotRecordedError
 from dynalens.probe import layout
+from dynalens.probe.checkpoints import checkpoint_path
 from dynalens.probe.dtypes import from_disk
+from dynalens.probe.names import check_stored_name
 
 
 class StoreAnalysis:
@@ -26,6 +31,8 @@ class StoreAnalysis:
     _array: Any
     _fresh: Any
     _read_records: Any
+    _record_steps: Any
+    meta: Any
 
     @property
     def world_size(self) -> int:  # the Store's
@@ -106,3 +113,49 @@ class StoreAnalysis:
             col = np.asarray(table[c][...])  # type: ignore[index]
             cols[c] = col.astype(object) if col.dtype.kind == "T" else col
         return cols, attrs
+
+    # -- checkpoints ------------------------------------------------------------------
+    def _checkpoint_keys(self) -> list[str]:
+        info = self.meta.get("checkpoints")
+        if not info:
+            raise SiteNotFoundError(
+                f"run {self.run!r} stored no checkpoints; pass checkpoints=... (a schedule, "
+                "e.g. LogSpaced(num=20, stop=n_steps)) to the Recorder."
+            )
+        return [check_stored_name("state_dict key", k, f"run {self.run!r}") for k in info["keys"]]
+
+    def checkpoint_steps(self) -> np.ndarray:
+        """Steps at which the run stored the model's ``state_dict()``."""
+        keys = self._checkpoint_keys()
+        n = self.committed()
+        steps = self._record_steps(0, n)
+        return steps[self._valid(checkpoint_path(keys[0]), n)] if keys else steps[:0]
+
+    def checkpoint(self, step: int) -> dict[str, torch.Tensor]:
+        """The ``state_dict()`` stored at ``step`` (the parameters the training batch of
+        ``step`` saw), as CPU tensors in their own dtypes, every chunk checked."""
+        keys = self._checkpoint_keys()
+        n = self.committed()
+        out = {}
+        for key in keys:
+            path = checkpoint_path(key)
+            valid = self._valid(path, n)
+            steps = self._record_steps(0, n)[valid]
+            hits = np.flatnonzero(steps == step)
+            if not len(hits):
+                raise StepNotRecordedError(
+                    f"step {step} has no checkpoint in run {self.run!r}; checkpoints: "
+                    f"{self.checkpoint_steps().tolist()[:12]}."
+                )
+            arr = self._fresh(self._array(0, path), n)
+            raw = self._read_records(0, path, arr, int(valid[hits[-1]]))
+            attrs = dict(arr.attrs)
+            t = torch.as_tensor(from_disk(raw, str(attrs["logical_dtype"]), as_torch=True))
+            out[key] = t.reshape(attrs["shape"])
+        return out
+
+    def load_checkpoint(self, step: int, into: nn.Module, *, strict: bool = True) -> nn.Module:
+        """Load the checkpoint of ``step`` into ``into`` (in place, on its device and
+        dtype, as ``load_state_dict``); returns ``into``."""
+        into.load_state_dict(self.checkpoint(step), strict=strict)
+        return into
