@@ -71,6 +71,10 @@ class MissingDependencyError(DynalensError, ImportError):
     """An optional dependency is needed for this feature and is not installed."""
 
 
+class CapabilityError(DynalensError, NotImplementedError):
+    """A backend or model cannot do what was asked; the message names what to use instead."""
+
+
 class EstimatorRegimeError(DynalensError, ValueError):
     """An estimator was asked for an answer outside the regime where it is valid."""
 

@@ -31,11 +31,10 @@ from dynalens.circuits._inputs import check_pair, check_pair_mode, check_positiv
 from dynalens.circuits.metrics import Metric, check_per_example
 from dynalens.circuits.patching import make_cells
 from dynalens.circuits.results import Cell, PatchingResult
-from dynalens.errors import InvalidInputError
+from dynalens.errors import CapabilityError, InvalidInputError
 from dynalens.probe.interventions import logits_of, record_activations
 from dynalens.probe.interventions_sites import (
     Backend,
-    CapabilityError,
     EditingHooks,
     detect_backend,
 )

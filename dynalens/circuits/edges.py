@@ -33,11 +33,10 @@ from dynalens._optional import require
 from dynalens.circuits._inputs import check_pair, check_pair_mode, check_positive
 from dynalens.circuits.attribution import constant_leaf, embedding_site, keeper
 from dynalens.circuits.metrics import Metric, check_per_example
-from dynalens.errors import InvalidParameterError
+from dynalens.errors import CapabilityError, InvalidParameterError
 from dynalens.probe.interventions import logits_of, record_activations
 from dynalens.probe.interventions_sites import (
     Backend,
-    CapabilityError,
     EditingHooks,
     detect_backend,
 )

@@ -27,7 +27,7 @@ from dynalens.circuits._inputs import check_pair, check_positive
 from dynalens.circuits.attribution import embedding_site
 from dynalens.circuits.metrics import Metric, check_per_example
 from dynalens.circuits.results import Cell, PatchingResult
-from dynalens.errors import InvalidInputError, InvalidParameterError
+from dynalens.errors import CapabilityError, InvalidInputError, InvalidParameterError
 from dynalens.probe.interventions import (
     Intervention,
     intervene,
@@ -35,7 +35,7 @@ from dynalens.probe.interventions import (
     mean_activation,
     record_activations,
 )
-from dynalens.probe.interventions_sites import Backend, CapabilityError, detect_backend
+from dynalens.probe.interventions_sites import Backend, detect_backend
 
 
 def circuit_nodes(model: nn.Module, *, backend: Backend | None = None) -> list[Cell]:

@@ -34,14 +34,14 @@ from torch import nn
 from dynalens.circuits._inputs import check_pair, check_pair_mode, check_positive
 from dynalens.circuits.metrics import Metric, check_per_example
 from dynalens.circuits.results import Cell, PatchingResult
-from dynalens.errors import InvalidInputError, InvalidParameterError
+from dynalens.errors import CapabilityError, InvalidInputError, InvalidParameterError
 from dynalens.probe.interventions import (
     Intervention,
     intervene,
     logits_of,
     record_activations,
 )
-from dynalens.probe.interventions_sites import Backend, CapabilityError, detect_backend
+from dynalens.probe.interventions_sites import Backend, detect_backend
 
 Receiver = tuple[str, int, int | None]
 _RECEIVER_COMPONENTS = ("q", "k", "v", "mlp_out")

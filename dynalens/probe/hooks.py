@@ -146,6 +146,12 @@ class HookSet:
 
         self._handles.append(module.register_forward_hook(hook))
 
+    def adopt(self, handle: RemovableHandle) -> RemovableHandle:
+        """Own a hook registered elsewhere (e.g. one whose return value edits the output):
+        it is removed with the set. Returns ``handle``."""
+        self._handles.append(handle)
+        return handle
+
     def discard(self, handle: RemovableHandle) -> None:
         """Remove one hook this set added (by the handle :meth:`on_forward` returned)."""
         handle.remove()

@@ -36,7 +36,7 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from dynalens.errors import DynalensError, InvalidParameterError, SiteNotFoundError
+from dynalens.errors import CapabilityError, InvalidParameterError, SiteNotFoundError
 from dynalens.probe.hooks import HookSet, first_tensor
 from dynalens.probe.sites import candidate_modules, default_axes, resolve_sites
 
@@ -61,10 +61,6 @@ COMPONENT_SITES = {
 }
 
 
-class CapabilityError(DynalensError, NotImplementedError):
-    """A backend cannot do what was asked; the message names what to use instead."""
-
-
 class EditingHooks(HookSet):
     """A :class:`HookSet` that may also change what a module computes: the hooks of
     interventions. Removal is the same: exactly what was added, also on exceptions."""
@@ -73,9 +69,7 @@ class EditingHooks(HookSet):
         self, module: nn.Module, fn: Callable[[nn.Module, tuple[Any, ...], Any], Any]
     ) -> RemovableHandle:
         """A forward hook whose return value (when not ``None``) replaces the output."""
-        handle = module.register_forward_hook(fn)
-        self._handles.append(handle)
-        return handle
+        return self.adopt(module.register_forward_hook(fn))
 
     def on_forward_pre_replace(
         self,
@@ -83,9 +77,7 @@ class EditingHooks(HookSet):
         fn: Callable[[nn.Module, tuple[Any, ...], dict[str, Any]], Any],
     ) -> RemovableHandle:
         """A forward pre-hook with kwargs; a returned ``(args, kwargs)`` replaces the inputs."""
-        handle = module.register_forward_pre_hook(fn, with_kwargs=True)
-        self._handles.append(handle)
-        return handle
+        return self.adopt(module.register_forward_pre_hook(fn, with_kwargs=True))
 
 
 def axes_for_name(name: str, ndim: int, module: nn.Module | None = None) -> tuple[str, ...]:

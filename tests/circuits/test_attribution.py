@@ -13,8 +13,7 @@ from dynalens.circuits import (
 )
 from dynalens.circuits.attribution import attribution_patching
 from dynalens.circuits.tasks import VOCAB, ioi_pairs, train_on_pairs
-from dynalens.errors import InvalidInputError, InvalidParameterError
-from dynalens.probe.interventions_sites import CapabilityError
+from dynalens.errors import CapabilityError, InvalidInputError, InvalidParameterError
 
 from ..probe.conftest import hook_count
 

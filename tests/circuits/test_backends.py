@@ -5,8 +5,9 @@ import pytest
 import torch
 
 from dynalens.circuits import activation_patching, logit_diff
+from dynalens.errors import CapabilityError
 from dynalens.probe.interventions import Intervention, intervene, record_activations
-from dynalens.probe.interventions_sites import CapabilityError, detect_backend
+from dynalens.probe.interventions_sites import detect_backend
 
 from ..probe.conftest import hook_count
 

@@ -14,8 +14,7 @@ from dynalens.circuits import (
 )
 from dynalens.circuits.edges import edge_attribution_patching
 from dynalens.circuits.tasks import VOCAB, ioi_pairs
-from dynalens.errors import InvalidParameterError
-from dynalens.probe.interventions_sites import CapabilityError
+from dynalens.errors import CapabilityError, InvalidParameterError
 
 from ..probe.conftest import hook_count
 

@@ -16,9 +16,13 @@ from dynalens.circuits import (
     probability,
 )
 from dynalens.circuits.results import Cell, PatchingResult
-from dynalens.errors import InvalidInputError, InvalidParameterError, SiteNotFoundError
+from dynalens.errors import (
+    CapabilityError,
+    InvalidInputError,
+    InvalidParameterError,
+    SiteNotFoundError,
+)
 from dynalens.probe.interventions import Intervention, intervene, record_activations
-from dynalens.probe.interventions_sites import CapabilityError
 
 from ..probe.conftest import hook_count
 

@@ -4,14 +4,19 @@ import pytest
 import torch
 
 from dynalens.circuits.reference import ReferenceConfig, ReferenceTransformer
-from dynalens.errors import InvalidInputError, InvalidParameterError, SiteNotFoundError
+from dynalens.errors import (
+    CapabilityError,
+    InvalidInputError,
+    InvalidParameterError,
+    SiteNotFoundError,
+)
 from dynalens.probe.interventions import (
     Intervention,
     intervene,
     mean_activation,
     record_activations,
 )
-from dynalens.probe.interventions_sites import CapabilityError, detect_backend
+from dynalens.probe.interventions_sites import detect_backend
 
 from .conftest import hook_count
 

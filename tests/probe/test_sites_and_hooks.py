@@ -56,6 +56,14 @@ def test_hookset_removes_exactly_what_it_added(mlp):
     assert hook_count(mlp) == 0
 
 
+def test_hookset_removes_adopted_hooks(mlp):
+    with HookSet() as hooks:
+        handle = mlp.fc1.register_forward_pre_hook(lambda m, a: None)
+        assert hooks.adopt(handle) is handle and len(hooks) == 1
+        assert hook_count(mlp) == 1
+    assert hook_count(mlp) == 0
+
+
 def test_hookset_removed_on_exception(mlp):
     with pytest.raises(RuntimeError, match="boom"):
         with HookSet() as hooks:
