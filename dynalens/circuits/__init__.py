@@ -5,7 +5,12 @@ this package imports neither transformer-lens, transformers, pandas nor plotly.
 """
 
 from dynalens.circuits.attribution import attribution_patching
-from dynalens.circuits.edges import EdgeScores, edge_attribution_patching
+from dynalens.circuits.edge_faithfulness import (
+    edge_faithfulness,
+    edge_faithfulness_curve,
+    edges_among,
+)
+from dynalens.circuits.edges import EdgeGraph, EdgeScores, edge_attribution_patching, edge_graph
 from dynalens.circuits.faithfulness import (
     Faithfulness,
     circuit_nodes,
@@ -20,6 +25,7 @@ from dynalens.circuits.results import Cell, PatchingResult
 
 __all__ = [
     "Cell",
+    "EdgeGraph",
     "EdgeScores",
     "Faithfulness",
     "PatchingResult",
@@ -29,6 +35,10 @@ __all__ = [
     "attribution_patching",
     "circuit_nodes",
     "edge_attribution_patching",
+    "edge_faithfulness",
+    "edge_faithfulness_curve",
+    "edge_graph",
+    "edges_among",
     "faithfulness",
     "faithfulness_curve",
     "kl_to_clean",

@@ -76,7 +76,54 @@ class EdgeScores:
         })  # fmt: skip
 
 
-def _layout(backend: Backend) -> tuple[int, int, int, bool]:
+@dataclass(frozen=True)
+class EdgeGraph:
+    """The residual graph of a layered model: node names and which edges exist.
+
+    Senders ``input``, ``a{l}.h{i}``, ``m{l}``; receivers ``logits``, ``a{l}.h{i}<q|k|v>``
+    (key/value heads under GQA) and ``m{l}``. A receiver in layer ``l`` reads the
+    embedding, every head of earlier layers and every MLP of earlier layers; an MLP also
+    reads the heads of its own layer.
+    """
+
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    has_mlp: bool
+
+    def receivers(self) -> list[str]:
+        """Every receiver: the logits, then per layer q, k, v inputs of each head, the MLP."""
+        out = ["logits"]
+        for lay in range(self.n_layers):
+            for c, n in (("q", self.n_heads), ("k", self.n_kv_heads), ("v", self.n_kv_heads)):
+                out += [f"a{lay}.h{h}<{c}>" for h in range(n)]
+            if self.has_mlp:
+                out.append(f"m{lay}")
+        return out
+
+    def senders_of(self, receiver: str) -> list[str]:
+        """The senders upstream of ``receiver``, in graph order."""
+        layer = self.n_layers if receiver == "logits" else int(receiver[1:].split(".")[0])
+        heads_up_to = layer + (1 if receiver.startswith("m") else 0)
+        heads = [f"a{lay}.h{h}" for lay in range(heads_up_to) for h in range(self.n_heads)]
+        mlps = [f"m{lay}" for lay in range(layer)] if self.has_mlp else []
+        return ["input", *heads, *mlps]
+
+    def edges(self) -> list[tuple[str, str]]:
+        """Every edge ``(sender, receiver)``, grouped by receiver (EdgeScores' order)."""
+        return [(u, v) for v in self.receivers() for u in self.senders_of(v)]
+
+
+def edge_graph(model: nn.Module, *, backend: Backend | None = None) -> EdgeGraph:
+    """The :class:`EdgeGraph` of ``model`` (transformer-lens names, Hugging Face GPT-2 /
+    Llama or the reference transformer).
+
+    Example:
+        >>> graph = edge_graph(ReferenceTransformer())
+        >>> graph.edges()[:2]
+        [('input', 'logits'), ('a0.h0', 'logits')]
+    """
+    backend = backend or detect_backend(model)
     if backend.n_layers is None:
         raise CapabilityError(
             "edge attribution needs a layered model (transformer-lens names, Hugging Face "
@@ -87,7 +134,7 @@ def _layout(backend: Backend) -> tuple[int, int, int, bool]:
         has_mlp = True
     except CapabilityError:
         has_mlp = False
-    return backend.n_layers, backend.heads_of("q"), backend.heads_of("k"), has_mlp
+    return EdgeGraph(backend.n_layers, backend.heads_of("q"), backend.heads_of("k"), has_mlp)
 
 
 def _site(backend: Backend, component: str, layer: int) -> str:
@@ -109,7 +156,13 @@ def edge_attribution_patching(
     check_positive("ig_steps", ig_steps)
     check_pair(model, clean, corrupt)
     backend = detect_backend(model)
-    n_layers, n_heads, n_kv, has_mlp = _layout(backend)
+    graph = edge_graph(model, backend=backend)
+    n_layers, n_heads, n_kv, has_mlp = (
+        graph.n_layers,
+        graph.n_heads,
+        graph.n_kv_heads,
+        graph.has_mlp,
+    )
     embed = embed_site or embedding_site(backend)
     base, source = (corrupt, clean) if mode == "denoising" else (clean, corrupt)
     layers = range(n_layers)
@@ -158,21 +211,21 @@ def edge_attribution_patching(
                 receivers[name] = torch.zeros_like(g, dtype=torch.float64)
             receivers[name] += g.detach().double() / ig_steps
     edges, rows = [], []
-    for v, g in receivers.items():
-        v_layer = n_layers if v == "logits" else int(v[1:].split(".")[0])
-        mlp_receiver = v.startswith("m")
-        edges.append(("input", v))
-        rows.append(_dot(deltas[embed], g))
-        for lay in range(v_layer + (1 if mlp_receiver else 0)):
-            head_grad = _vjp(
-                kept[attn_out[lay]], kept[z[lay]], g.to(kept[attn_out[lay]].dtype)
-            ).double()
-            for h in range(n_heads):
-                edges.append((f"a{lay}.h{h}", v))
-                rows.append(_dot(deltas[z[lay]][:, :, h], head_grad[:, :, h]))
-        for lay in range(v_layer if has_mlp else 0):
-            edges.append((f"m{lay}", v))
-            rows.append(_dot(deltas[mlp[lay]], g))
+    for v in graph.receivers():
+        g = receivers[v]
+        head_grads: dict[int, torch.Tensor] = {}  # (∂m/∂in_v) W_O^hᵀ per layer: [B, T, H, d]
+        for u in graph.senders_of(v):
+            edges.append((u, v))
+            if u == "input":
+                rows.append(_dot(deltas[embed], g))
+            elif u.startswith("m"):
+                rows.append(_dot(deltas[mlp[int(u[1:])]], g))
+            else:
+                lay, h = (int(i) for i in u[1:].split(".h"))
+                if lay not in head_grads:
+                    out = kept[attn_out[lay]]
+                    head_grads[lay] = _vjp(out, kept[z[lay]], g.to(out.dtype)).double()
+                rows.append(_dot(deltas[z[lay]][:, :, h], head_grads[lay][:, :, h]))
     label = "eap" if ig_steps == 1 else f"eap-ig (m={ig_steps})"
     return EdgeScores(edges, torch.stack(rows), f"{mode} {label}")
 

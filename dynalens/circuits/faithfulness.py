@@ -58,13 +58,13 @@ class Faithfulness:
 
     Attributes
     ----------
-    circuits : list of list of Cell
+    circuits : list of list of Cell (nodes) or of ``(sender, receiver)`` edges
     values : Tensor ``[circuits, pairs]``, the metric with each circuit kept.
     clean, corrupt : Tensor ``[pairs]``, ``m(x)`` and ``m(x′)``.
     ablation : ``"resample"`` or ``"mean"``.
     """
 
-    circuits: list[list[Cell]]
+    circuits: list[list[Cell]] | list[list[tuple[str, str]]]
     values: torch.Tensor
     clean: torch.Tensor
     corrupt: torch.Tensor
@@ -82,6 +82,29 @@ class Faithfulness:
 
     def sizes(self) -> list[int]:
         return [len(c) for c in self.circuits]
+
+
+def check_ablation(ablation: str) -> None:
+    if ablation not in ("resample", "mean"):
+        raise InvalidParameterError(f"ablation must be 'resample' or 'mean'; got {ablation!r}.")
+
+
+def ablation_values(
+    model: nn.Module,
+    backend: Backend,
+    sites: Sequence[str],
+    corrupt: torch.Tensor,
+    ablation: str,
+    reference: torch.Tensor | None,
+    clean: torch.Tensor,
+) -> dict[str, torch.Tensor]:
+    """What ablated nodes output: their values on ``corrupt`` (``"resample"``, ``[B, ...]``)
+    or their per-position means over ``reference`` (default ``clean``; ``[1, ...]``)."""
+    if ablation == "resample":
+        return record_activations(model, corrupt, sites, backend=backend)
+    source = reference if reference is not None else clean
+    found = record_activations(model, source, sites, backend=backend)
+    return {s: mean_activation(v) for s, v in found.items()}
 
 
 def _key(cell: Cell) -> tuple[str, int, int | None]:
@@ -105,8 +128,7 @@ def faithfulness(
     ``circuits`` are lists of nodes from :func:`circuit_nodes` (or cells of a patching
     result with components ``head_out`` at all positions / ``mlp_out`` / ``embed``).
     """
-    if ablation not in ("resample", "mean"):
-        raise InvalidParameterError(f"ablation must be 'resample' or 'mean'; got {ablation!r}.")
+    check_ablation(ablation)
     check_positive("max_rows", max_rows)
     check_pair(model, clean, corrupt)
     backend = detect_backend(model)
@@ -121,13 +143,7 @@ def faithfulness(
             )
     sites = list(dict.fromkeys(n.site for n in nodes))
     b = clean.shape[0]
-    if ablation == "resample":
-        source = corrupt
-    else:
-        source = reference if reference is not None else clean
-    replacement = record_activations(model, source, sites, backend=backend)
-    if ablation == "mean":
-        replacement = {s: mean_activation(v) for s, v in replacement.items()}
+    replacement = ablation_values(model, backend, sites, corrupt, ablation, reference, clean)
     clean_m = check_per_example(metric(logits_of(model(clean))), b)
     corrupt_m = check_per_example(metric(logits_of(model(corrupt))), b)
     values = torch.empty(len(circuits), b, dtype=torch.float64)
