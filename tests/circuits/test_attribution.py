@@ -85,25 +85,77 @@ def test_integrated_gradients_complete_at_the_embedding():
     assert errors[2] < 0.02 * gap.abs().max().item()
 
 
-def test_eap_ig_tracks_exact_patching_on_the_trained_ioi_toy(ioi_model, ioi):
+FAMILIES = {
+    "heads by position": {"components": ["head_out"], "positions": "each"},
+    "heads, all positions": {"components": ["head_out"], "positions": "all"},
+    "resid_pre by position": {"components": ["resid_pre"], "positions": "each"},
+    "q/k/v, all positions": {"components": ["q", "k", "v"], "positions": "all"},
+}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_eap_ig_tracks_exact_patching_on_the_trained_ioi_toy(ioi_model, ioi, family):
+    """Issue 12: Pearson >= 0.99 with exact patching for every node family, and EAP-IG
+    closer than plain attribution. Along the activations it holds everywhere; along the
+    embeddings (the default) for all but heads over all positions, whose estimate keeps a
+    bias that more steps do not remove (0.987 at m = 16 and at m = 64)."""
     pairs, metric = ioi
-    kw = {"components": ["head_out"], "positions": "each"}
+    kw = FAMILIES[family]
     exact = activation_patching(ioi_model, pairs.clean, pairs.corrupt, metric, **kw).effect()
-    atp = attribution_patching(ioi_model, pairs.clean, pairs.corrupt, metric, **kw).effect()
-    ig = attribution_patching(
-        ioi_model, pairs.clean, pairs.corrupt, metric, ig_steps=16, **kw
-    ).effect()
-    assert pearson(ig, exact) >= 0.99
-    assert pearson(atp, exact) >= 0.97
-    assert (ig - exact).abs().mean() < (atp - exact).abs().mean()  # IG is closer
-    qkv = {"components": ["q", "k", "v"], "positions": "all"}
-    exact = activation_patching(ioi_model, pairs.clean, pairs.corrupt, metric, **qkv).effect()
-    ig = attribution_patching(
-        ioi_model, pairs.clean, pairs.corrupt, metric, ig_steps=16, **qkv
-    ).effect()
-    atp = attribution_patching(ioi_model, pairs.clean, pairs.corrupt, metric, **qkv).effect()
-    assert pearson(ig, exact) >= 0.99
-    assert (ig - exact).abs().mean() < (atp - exact).abs().mean()
+
+    def estimate(**more):
+        r = attribution_patching(ioi_model, pairs.clean, pairs.corrupt, metric, **kw, **more)
+        return r.effect()
+
+    atp = estimate()
+    inputs = estimate(ig_steps=16)
+    activations = estimate(ig_steps=16, ig_path="activations")
+    assert pearson(activations, exact) >= 0.998
+    assert pearson(inputs, exact) >= (0.985 if family == "heads, all positions" else 0.99)
+    error = {
+        name: (e - exact).abs().mean()
+        for name, e in [("atp", atp), ("in", inputs), ("act", activations)]
+    }
+    assert error["act"] < error["in"] < error["atp"]  # EAP-IG is closer, the activation path most
+
+
+def test_activation_path_is_complete_for_its_site():
+    """Along a site's own activations, the estimates of its nodes sum to the exact effect
+    of patching the whole site as steps grow (integrated gradients' completeness), and the
+    embedding site's own path is the input path."""
+    model = ReferenceTransformer(seed=3).eval()
+    clean, corrupt, metric = random_task(seed=1)
+    site = "blocks.1.hook_resid_pre"
+    exact = activation_patching(model, clean, corrupt, metric, sites=[site], positions="all")
+    errors = []
+    for steps in (1, 8, 128):
+        r = attribution_patching(
+            model, clean, corrupt, metric, sites=[site], ig_steps=steps, ig_path="activations"
+        )
+        errors.append((r.values[0] - exact.values[0]).abs().max().item())
+    assert errors[2] < errors[1] < errors[0]
+    assert errors[2] < 0.01 * (exact.values[0] - exact.base).abs().max().item()
+    kw = {"sites": ["hook_embed"], "positions": "each", "ig_steps": 5}
+    along_inputs = attribution_patching(model, clean, corrupt, metric, **kw)
+    along_itself = attribution_patching(model, clean, corrupt, metric, ig_path="activations", **kw)
+    torch.testing.assert_close(along_itself.values, along_inputs.values, atol=1e-5, rtol=0)
+
+
+def test_activation_path_chunks_equal_one_forward():
+    model = ReferenceTransformer(seed=4).eval()
+    clean, corrupt, metric = random_task(seed=2)
+    kw = {
+        "components": ["head_out", "mlp_out", "resid_pre"],
+        "ig_steps": 3,
+        "ig_path": "activations",
+    }
+    one = attribution_patching(model, clean, corrupt, metric, **kw)
+    chunked = attribution_patching(model, clean, corrupt, metric, max_rows=1, **kw)
+    torch.testing.assert_close(chunked.values, one.values, atol=1e-6, rtol=0)
+    assert hook_count(model) == 0
+    plain = attribution_patching(model, clean, corrupt, metric, components=kw["components"])
+    torch.testing.assert_close(one.base, plain.base, atol=1e-6, rtol=0)
+    assert "activations" in one.mode
 
 
 def test_attribution_on_a_random_model_correlates_with_exact():
@@ -134,6 +186,8 @@ def test_bad_input():
         attribution_patching(model, clean, corrupt, metric, ig_steps=0)
     with pytest.raises(InvalidParameterError, match="mode must be"):
         attribution_patching(model, clean, corrupt, metric, mode="mean")
+    with pytest.raises(InvalidParameterError, match="ig_path"):
+        attribution_patching(model, clean, corrupt, metric, ig_path="embeddings")
     with pytest.raises(InvalidInputError, match="same shape"):
         attribution_patching(model, clean, corrupt[:, :5], metric)
     with pytest.raises(InvalidInputError, match="one value per example"):
