@@ -22,6 +22,14 @@ count too (the ``freeze_mlps`` flag of Merullo et al.'s code). Senders are batch
 batch axis like the cells of activation patching. The normalised effect of the result is
 dynalens's recovery ``(m - m(x′)) / (m(x) - m(x′))``; Merullo et al.'s noising score
 ``(m - m(x)) / (m(x′) - m(x))`` is one minus it.
+
+Not implemented: Goldowsky-Dill et al. 2023's generalisation (the graph treeified so that
+every path from input to output has its own copy of shared nodes; paths in a hypothesis
+see the reference input, all others the counterfactual one, scored by the average
+unexplained effect). Its dissimilarity measure and the exact form of that score could not
+be checked against the paper here, so it is left out rather than guessed; for edge sets,
+:func:`~dynalens.circuits.edge_faithfulness.edge_faithfulness` evaluates Hanna et al.'s
+(untreeified) form.
 """
 
 from __future__ import annotations
