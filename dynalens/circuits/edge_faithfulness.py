@@ -222,7 +222,7 @@ class _Evaluator:
                 edits[self.qkv[c][lay]] = _keeper(found, c)
             edits[self.z[lay]] = lambda act: act
             self.run(tile(len(groups)), edits, stop_at=self.z[lay])
-            qkv = {c: self._assemble(found[c], groups, c, n) for c in "qkv"}
+            qkv = {c: self._assemble(found[c], groups, c) for c in "qkv"}
             edits = upstream(lay, [f"m{lay}"]) if graph.has_mlp else {}
             for c in "qkv":
                 edits[self.qkv[c][lay]] = _const(qkv[c])
@@ -243,7 +243,7 @@ class _Evaluator:
         return logits
 
     def _assemble(
-        self, recorded: torch.Tensor, groups: list[tuple[str, int]], c: str, n: int
+        self, recorded: torch.Tensor, groups: list[tuple[str, int]], c: str
     ) -> torch.Tensor:
         """Each head's ``c`` from the rows of its own receiver: ``[circuits * pairs, ...]``."""
         stacked = recorded.reshape(len(groups), -1, *recorded.shape[1:])

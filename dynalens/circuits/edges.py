@@ -7,6 +7,15 @@ edge ``u -> v`` is ``u``'s write ``w_u`` as read by ``v``'s input ``in_v``. With
     Â(u -> v) = Σ_{b,p,d} (w_u(x_s) - w_u(x_b)) · (1/m) Σ_k ∂m/∂in_v |_{e_k},
     e_k = e_b + (k/m)(e_s - e_b),  k = 0..m-1   (m = 1: plain EAP at the base)
 
+along the input embeddings (``ig_path="inputs"``, Hanna et al.'s EAP-IG). With
+``ig_path="activations"`` (their EAP-IG-activations) the gradient for ``u``'s edges is
+taken instead with ``u``'s own site (the embedding, ``u``'s layer of heads, or ``u``'s MLP)
+set to ``a_k = a(x_b) + (k/m)(a(x_s) - a(x_b))`` and everything else computed from the
+base input: one block of rows per sender site, in one forward per step. On the trained
+IOI toy (64 pairs; 56 head -> head / logits edges whose exact value path patching with
+frozen heads gives) Pearson correlation with exact edge patching is 0.969 (EAP), 0.975
+(inputs, m = 16) and 0.995 (activations, m = 8 to 32).
+
 Senders: the token embedding (``input``), every head (``a{l}.h{i}``, write ``z_i W_O^i``)
 and every MLP (``m{l}``). Receivers: each head's query, key and value input
 (``a{l}.h{i}<q>``; key/value heads under GQA), each MLP's input (``m{l}``) and the logits.
@@ -17,12 +26,13 @@ with only that head's gradient, back to ``resid_pre``; an MLP's output back to
 ``resid_mid``), and a head's share ``(∂m/∂in_v) W_O^iᵀ`` is the product from
 ``attn_out`` back to ``z``: so it runs on every backend with these sites, attention-only
 models included. By the chain rule the edges of a sender sum to its node attribution
-(:func:`~dynalens.circuits.attribution.attribution_patching` with the same steps), which
-the tests check.
+(:func:`~dynalens.circuits.attribution.attribution_patching` with the same steps and
+path), which the tests check.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -30,6 +40,7 @@ import torch
 from torch import nn
 
 from dynalens._optional import require
+from dynalens._validation import check_option
 from dynalens.circuits._inputs import check_pair, check_pair_mode, check_positive
 from dynalens.circuits.attribution import constant_leaf, embedding_site, keeper
 from dynalens.circuits.metrics import Metric, check_per_example
@@ -149,11 +160,22 @@ def edge_attribution_patching(
     *,
     mode: str = "denoising",
     ig_steps: int = 1,
+    ig_path: str = "inputs",
     embed_site: str | None = None,
 ) -> EdgeScores:
-    """Attribution of every edge of the model's graph (see the module docstring)."""
+    """Attribution of every edge of the model's graph (see the module docstring).
+
+    ``ig_steps=m > 1`` averages each receiver's gradient along the input embeddings
+    (``ig_path="inputs"``) or, per sender, along the sender's own site
+    (``"activations"``; ``1 + layers (+ MLP layers)`` times the rows).
+
+    Example:
+        >>> scores = edge_attribution_patching(model, clean, corrupt, metric, ig_steps=16)
+        >>> scores.table().sort_values("score", key=abs, ascending=False).head()
+    """
     check_pair_mode(mode)
     check_positive("ig_steps", ig_steps)
+    check_option("ig_path", ig_path, ("inputs", "activations"))
     check_pair(model, clean, corrupt)
     backend = detect_backend(model)
     graph = edge_graph(model, backend=backend)
@@ -178,23 +200,35 @@ def edge_attribution_patching(
         at_source = record_activations(model, source, writes, backend=backend)
         at_base = record_activations(model, base, writes, backend=backend)
     deltas = {s: (at_source[s] - at_base[s]).double() for s in writes}
-    e_base, e_source = at_base[embed], at_source[embed]
-    receivers: dict[str, torch.Tensor] = {}  # receiver -> mean ∂m/∂in_v [B, T, d]
+    # a block of rows per interpolated site: the embedding alone ("inputs"), or every
+    # sender's site in turn ("activations"); receiver gradients are kept per block
+    blocks = writes if ig_path == "activations" else [embed]
+    b, nb = base.shape[0], len(blocks)
+    stacked = base.repeat(nb, *([1] * (base.ndim - 1)))
+    receivers: dict[str, torch.Tensor] = {}  # receiver -> mean ∂m/∂in_v [blocks*B, T, d]
     watched = [*pre, *mid, *qkv["q"], *qkv["k"], *qkv["v"], *mlp, *z, *attn_out, final]
     kept: dict[str, torch.Tensor] = {}
     for k in range(ig_steps):
-        point = e_base + (k / ig_steps) * (e_source - e_base)
+        alpha = k / ig_steps
         kept = {}
         hooks = EditingHooks()
         with hooks, torch.enable_grad():
-            backend.access(embed).attach(hooks, constant_leaf(point))
+            embedding = at_base[embed].repeat(nb, *([1] * (at_base[embed].ndim - 1)))
+            embedding[:b] += alpha * (at_source[embed] - at_base[embed])
+            backend.access(embed).attach(hooks, constant_leaf(embedding))
+            for i, site in enumerate(blocks[1:], start=1):  # before the keepers
+                point = at_base[site] + alpha * (at_source[site] - at_base[site])
+                backend.access(site).attach(hooks, _rows_set_to(point, i * b))
             for s in dict.fromkeys(watched):
                 backend.access(s).attach(hooks, keeper(kept, s))
-            values = metric(logits_of(model(base)))
-            check_per_example(values, base.shape[0])
+            logits = logits_of(model(stacked))
+            values = [metric(logits[i * b : (i + 1) * b]) for i in range(nb)]
+            for value in values:
+                check_per_example(value, b)
         outs = [*qkv["q"], *qkv["k"], *qkv["v"], *mlp, final]
+        total = torch.stack(values).sum()
         grads = dict(
-            zip(outs, torch.autograd.grad(values.sum(), [kept[s] for s in outs], retain_graph=True))
+            zip(outs, torch.autograd.grad(total, [kept[s] for s in outs], retain_graph=True))
         )
         step: dict[str, torch.Tensor] = {"logits": grads[final]}
         for lay in layers:
@@ -210,24 +244,48 @@ def edge_attribution_patching(
             if name not in receivers:
                 receivers[name] = torch.zeros_like(g, dtype=torch.float64)
             receivers[name] += g.detach().double() / ig_steps
+
+    def block(u: str) -> slice:
+        """The rows whose gradients score sender ``u``'s edges."""
+        if ig_path == "inputs":
+            return slice(0, b)
+        site = (
+            embed
+            if u == "input"
+            else mlp[int(u[1:])]
+            if u.startswith("m")
+            else z[int(u[1:].split(".")[0])]
+        )
+        i = blocks.index(site)
+        return slice(i * b, (i + 1) * b)
+
     edges, rows = [], []
     for v in graph.receivers():
         g = receivers[v]
-        head_grads: dict[int, torch.Tensor] = {}  # (∂m/∂in_v) W_O^hᵀ per layer: [B, T, H, d]
+        head_grads: dict[int, torch.Tensor] = {}  # (∂m/∂in_v) W_O^hᵀ per layer: [rows, T, H, d]
         for u in graph.senders_of(v):
             edges.append((u, v))
             if u == "input":
-                rows.append(_dot(deltas[embed], g))
+                rows.append(_dot(deltas[embed], g[block(u)]))
             elif u.startswith("m"):
-                rows.append(_dot(deltas[mlp[int(u[1:])]], g))
+                rows.append(_dot(deltas[mlp[int(u[1:])]], g[block(u)]))
             else:
                 lay, h = (int(i) for i in u[1:].split(".h"))
                 if lay not in head_grads:
                     out = kept[attn_out[lay]]
                     head_grads[lay] = _vjp(out, kept[z[lay]], g.to(out.dtype)).double()
-                rows.append(_dot(deltas[z[lay]][:, :, h], head_grads[lay][:, :, h]))
-    label = "eap" if ig_steps == 1 else f"eap-ig (m={ig_steps})"
+                rows.append(_dot(deltas[z[lay]][:, :, h], head_grads[lay][block(u)][:, :, h]))
+    label = "eap" if ig_steps == 1 else f"eap-ig (m={ig_steps}, {ig_path})"
     return EdgeScores(edges, torch.stack(rows), f"{mode} {label}")
+
+
+def _rows_set_to(value: torch.Tensor, start: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """An edit that puts ``value`` into rows ``start : start + len(value)``."""
+
+    def put(act: torch.Tensor) -> torch.Tensor:
+        return torch.cat([act[:start], value.to(act.dtype), act[start + value.shape[0] :]])
+
+    return put
 
 
 def _vjp(output: torch.Tensor, inp: torch.Tensor, cotangent: torch.Tensor) -> torch.Tensor:

@@ -35,11 +35,13 @@ def node_sums(edges):
     return sums
 
 
-def assert_edges_sum_to_nodes(model, clean, corrupt, metric, steps, has_mlp, embed="hook_embed"):
+def assert_edges_sum_to_nodes(
+    model, clean, corrupt, metric, steps, has_mlp, embed="hook_embed", path="inputs"
+):
     """The chain rule through the residual stream: a sender's edges sum to its node."""
-    edges = edge_attribution_patching(model, clean, corrupt, metric, ig_steps=steps)
+    edges = edge_attribution_patching(model, clean, corrupt, metric, ig_steps=steps, ig_path=path)
     components = ["head_out", "mlp_out"] if has_mlp else ["head_out"]
-    kw = {"positions": "all", "ig_steps": steps}
+    kw = {"positions": "all", "ig_steps": steps, "ig_path": path}
     nodes = attribution_patching(model, clean, corrupt, metric, components=components, **kw)
     embedding = attribution_patching(model, clean, corrupt, metric, sites=[embed], **kw)
     sums = node_sums(edges)
@@ -52,10 +54,10 @@ def assert_edges_sum_to_nodes(model, clean, corrupt, metric, steps, has_mlp, emb
 
 
 @pytest.mark.parametrize("d_mlp", [64, None])
-@pytest.mark.parametrize("steps", [1, 3])
-def test_edges_of_a_sender_sum_to_its_node_attribution(d_mlp, steps):
+@pytest.mark.parametrize(("steps", "path"), [(1, "inputs"), (3, "inputs"), (3, "activations")])
+def test_edges_of_a_sender_sum_to_its_node_attribution(d_mlp, steps, path):
     model = ReferenceTransformer(ReferenceConfig(d_mlp=d_mlp), seed=0).eval()
-    edges = assert_edges_sum_to_nodes(model, *random_task(), steps, d_mlp is not None)
+    edges = assert_edges_sum_to_nodes(model, *random_task(), steps, d_mlp is not None, path=path)
     # receivers: 24 q/k/v inputs (+ 2 MLPs) + logits; senders upstream of each
     assert len(edges.edges) == (110 if d_mlp else 81)
     assert hook_count(model) == 0
@@ -89,13 +91,15 @@ def test_eap_ig_tracks_exact_edge_patching_on_the_trained_ioi_toy():
     for cell, effect in zip(r.cells, r.effect()):
         exact[(f"a{cell.layer}.h{cell.head}", "logits")] = effect.item()
     truth = torch.tensor(list(exact.values()), dtype=torch.float64)
-    errors = {}
-    for steps in (1, 16):
-        edges = edge_attribution_patching(model, pairs.clean, pairs.corrupt, metric, ig_steps=steps)
+    errors, kw = {}, {"ig_steps": 1, "ig_path": "inputs"}
+    for kw["ig_steps"], kw["ig_path"], least in [(1, "inputs", 0.96), (16, "inputs", 0.97),
+                                                 (8, "activations", 0.99)]:  # fmt: skip
+        edges = edge_attribution_patching(model, pairs.clean, pairs.corrupt, metric, **kw)
         estimate = torch.tensor([edges.score(u, v) for u, v in exact], dtype=torch.float64)
-        assert torch.corrcoef(torch.stack([estimate, truth]))[0, 1] >= 0.96
-        errors[steps] = (estimate - truth).abs().mean()
-    assert errors[16] < errors[1]  # EAP-IG is closer than EAP
+        assert torch.corrcoef(torch.stack([estimate, truth]))[0, 1] >= least
+        errors[kw["ig_path"], kw["ig_steps"]] = (estimate - truth).abs().mean()
+    # EAP-IG is closer than EAP, along the activations most
+    assert errors["activations", 8] < errors["inputs", 16] < errors["inputs", 1]
 
 
 def test_bad_input():
@@ -106,6 +110,8 @@ def test_bad_input():
     model = ReferenceTransformer(seed=0).eval()
     with pytest.raises(InvalidParameterError, match="ig_steps"):
         edge_attribution_patching(model, clean, corrupt, metric, ig_steps=0)
+    with pytest.raises(InvalidParameterError, match="ig_path"):
+        edge_attribution_patching(model, clean, corrupt, metric, ig_path="embeddings")
     edges = edge_attribution_patching(model, clean, corrupt, metric)
     with pytest.raises(InvalidParameterError, match="edges run from earlier to later"):
         edges.score("a1.h0", "a0.h0<q>")
