@@ -30,10 +30,11 @@ from dynalens._optional import require
 from dynalens.circuits._cache import cache_key, describe, table_from_columns, table_to_columns
 from dynalens.circuits.metrics import NamedMetric
 from dynalens.errors import InvalidInputError, InvalidParameterError, StepNotRecordedError
-from dynalens.probe.store import Store, open_store
 
 if TYPE_CHECKING:
     import pandas as pd
+
+    from dynalens.probe.store import Store
 
 #: analyses by name: ``module:function`` of this package (imported when used)
 ANALYSES = {
@@ -174,6 +175,7 @@ def over_training(
     >>> table.pivot_table("normalised", "step", ["layer", "head"])  # doctest: +SKIP
     """
     pd = require("pandas", "over_training")
+    from dynalens.probe.store import Store, open_store  # zarr: not at package import
 
     st = store if isinstance(store, Store) else open_store(store, run)
     fn, label = _analysis(analysis, name)
