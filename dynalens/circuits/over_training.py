@@ -30,6 +30,7 @@ from dynalens._optional import require
 from dynalens.circuits._cache import cache_key, describe, table_from_columns, table_to_columns
 from dynalens.circuits.metrics import NamedMetric
 from dynalens.errors import InvalidInputError, InvalidParameterError, StepNotRecordedError
+from dynalens.probe.names import check_path_name
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -206,10 +207,14 @@ def over_training(
     key = ""
     cached = None
     if cache:
-        description = {"analysis": label, "model": type(m).__qualname__}
+        description = {
+            "analysis": label,
+            "function": f"{getattr(fn, '__module__', '')}.{getattr(fn, '__qualname__', '')}",
+            "model": type(m).__qualname__,
+        }
         description["inputs"] = describe(inputs, "inputs")
         description["params"] = describe(params, "params")
-        key = cache_key(f"over_training-{label}", description)
+        key = cache_key(f"over_training-{check_path_name('analysis name', label)}", description)
         stored_table = st.get_result(key)
         if stored_table is not None:
             cols, attrs = stored_table

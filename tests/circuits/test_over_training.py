@@ -196,6 +196,8 @@ def test_bad_input(tmp_path, store, task):
         over_training(store, build, "patching", inputs, params=params)
     with pytest.raises(InvalidParameterError, match="name="):
         over_training(store, build, lambda model, **kw: None, inputs, params=params)
+    with pytest.raises(InvalidParameterError, match="analysis name 'a/b'"):
+        over_training(store, build, counted, inputs, params=params, name="a/b")
     with pytest.raises(InvalidParameterError, match="both in inputs and in params"):
         over_training(store, build, "activation_patching", inputs, params={**params, "clean": 1})
     with pytest.raises(InvalidParameterError, match="factory"):
