@@ -219,7 +219,7 @@ def reproduce_induction_heads(
 
     Args:
         out: output folder (default ``out/induction_heads``); its old store is replaced.
-        quick: the small preset (450 steps of batch 32 at lr 3e-3; ~12 CPU s) for tests
+        quick: the small preset (450 steps of batch 32 at lr 3e-3; ~14 CPU s) for tests
             and notebooks; the full one (2 000 steps at lr 1e-3) about a CPU minute.
         progress: show progress bars.
     """
