@@ -66,7 +66,8 @@ def cache_key(prefix: str, description: dict[str, Any]) -> str:
 
 def table_to_columns(table: Any) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """A DataFrame as ``put_result`` columns plus each column's dtype (nullable integers
-    go as float64 with NaN for missing, which holds every int up to 2**53 exactly)."""
+    go as float64 with NaN for missing, which holds every int up to 2**53 exactly; text
+    and other extension columns as ``str``)."""
     cols: dict[str, np.ndarray] = {}
     dtypes: dict[str, str] = {}
     for name in table.columns:
@@ -74,7 +75,8 @@ def table_to_columns(table: Any) -> tuple[dict[str, np.ndarray], dict[str, str]]
         dtypes[str(name)] = str(series.dtype)
         if str(series.dtype) == "Int64":
             cols[str(name)] = series.astype("float64").to_numpy()
-        elif series.dtype == object:
+        elif series.dtype == object or not isinstance(series.dtype, np.dtype):
+            dtypes[str(name)] = "object"  # strings, categories: stored and read back as str
             cols[str(name)] = np.array([str(v) for v in series], dtype=object)
         else:
             cols[str(name)] = series.to_numpy()

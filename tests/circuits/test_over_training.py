@@ -204,3 +204,26 @@ def test_bad_input(tmp_path, store, task):
         over_training(store, lambda: "not a model", "activation_patching", inputs, params=params)
     with pytest.raises(InvalidParameterError, match="returned a int"):
         over_training(store, build, lambda model: 3, name="three", cache=False, progress=False)
+
+
+def frame(model, scale):
+    w = float(model.unembed.weight.detach().sum())
+    return pd.DataFrame({
+        "n": [1, 2],
+        "maybe": pd.array([1, None], dtype="Int64"),
+        "text": ["a", "b"],
+        "kind": pd.Categorical(["u", "v"]),
+        "flag": [True, False],
+        "x": [w * scale, float("nan")],
+    })  # fmt: skip
+
+
+def test_a_dataframe_analysis_of_any_column_types_is_cached_exactly(tmp_path):
+    st = train(tmp_path / "run")
+    first = over_training(st, build, frame, params={"scale": 2.0}, progress=False)
+    again = over_training(st, build, frame, params={"scale": 2.0}, progress=False)
+    pd.testing.assert_frame_equal(again, first, check_exact=True)
+    assert first["maybe"].isna().tolist() == [False, True] * len(STEPS)
+    for step in STEPS:
+        w = float(st.checkpoint(step)["unembed.weight"].sum())
+        assert first[first["step"] == step]["x"].iloc[0] == w * 2.0
