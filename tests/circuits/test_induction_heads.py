@@ -72,3 +72,31 @@ def test_notebook_quick_run_shows_the_phase_change(tmp_path):
     assert abs(s["phase_change_step"] - s["loss_halfway_step"]) <= 100
     assert s["largest_patching_effect"][0] > -0.1 and s["largest_patching_effect"][1] < -1.0
     assert int(nb.cells[-1].outputs[-1]["data"]["text/plain"]) == 1  # the figure was shown
+
+
+def test_figure_has_a_title_labelled_axes_and_one_trace_per_head():
+    import pandas as pd
+
+    from dynalens.circuits.figures import plot_induction_heads
+
+    steps = [0, 5, 10]
+    heads = pd.DataFrame(
+        [(s, lay, h, 0.1 * s / 10 + 0.01 * h) for s in steps for lay in (0, 1) for h in (0, 1)],
+        columns=["step", "layer", "head", "score"],
+    )
+    tables = {
+        "performance": pd.DataFrame(
+            {"step": steps, "loss": [4.0, 2.0, 0.5], "accuracy": [0, 0.5, 0.9]}
+        ),
+        "induction": heads,
+        "previous_token": heads,
+        "patching": heads.rename(columns={"score": "effect"}),
+    }
+    fig = plot_induction_heads(tables, phase_change_step=5)
+    assert "phase change" in fig.layout.title.text
+    assert [fig.layout[a].title.text for a in ("yaxis", "yaxis2", "yaxis3")] == [
+        "loss (nats)", "attention weight", "Δ log-prob (nats)",
+    ]  # fmt: skip
+    assert fig.layout.xaxis3.title.text == "training step"
+    assert len(fig.data) == 1 + 2 + 2 + 4  # loss, L1 induction, L0 previous-token, all heads
+    assert fig.layout.shapes[0].x0 == 5
