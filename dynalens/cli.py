@@ -8,7 +8,8 @@
 ``dynalens demo [--out DIR] [--epochs N]``
     The main job on the embedded default task (see :mod:`dynalens.demo`).
 ``dynalens reproduce NAME [--out DIR] [--quick] [--var-u PATH]``
-    A paper reproduction (see :mod:`dynalens.ib.reproduce`).
+    A paper reproduction (see :mod:`dynalens.ib.reproduce`,
+    :mod:`dynalens.dynamics.mccandlish`, :mod:`dynalens.circuits.induction_heads`).
 """
 
 from __future__ import annotations
@@ -93,6 +94,16 @@ def _reproduce(args: argparse.Namespace) -> int:
         print(res["summary"])
         print("files:\n  " + "\n  ".join(map(str, res["files"])))
         return 0
+    if args.name == "induction-heads":
+        from dynalens.circuits.induction_heads import reproduce_induction_heads
+        from dynalens.figures import png_problem
+
+        res = reproduce_induction_heads(args.out, quick=args.quick)
+        print(json.dumps(res["summary"], indent=2))
+        print("files:\n  " + "\n  ".join(res["files"]))
+        if png_problem():
+            print(f"no PNG figure: {png_problem()}")
+        return 0
     from dynalens.figures import png_problem
     from dynalens.ib.reproduce import reproduce
     from dynalens.ib.summary import format_summary
@@ -129,7 +140,11 @@ def build_parser() -> argparse.ArgumentParser:
     from dynalens.ib.reproduce import REPRODUCTIONS
 
     p = sub.add_parser("reproduce", help="reproduce a paper's figure")
-    p.add_argument("name", choices=sorted([*REPRODUCTIONS, "mccandlish"]), help="which paper")
+    p.add_argument(
+        "name",
+        choices=sorted([*REPRODUCTIONS, "mccandlish", "induction-heads"]),
+        help="which paper",
+    )
     p.add_argument("--out", default=None, help="output folder (default out/NAME)")
     p.add_argument("--quick", action="store_true", help="a small configuration (minutes)")
     p.add_argument("--epochs", type=int, default=None, help="training epochs (IB papers)")

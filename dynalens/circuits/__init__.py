@@ -17,7 +17,8 @@ from dynalens.circuits.faithfulness import (
     faithfulness,
     faithfulness_curve,
 )
-from dynalens.circuits.metrics import kl_to_clean, logit_diff, probability
+from dynalens.circuits.metrics import kl_to_clean, logit_diff, named_metric, probability
+from dynalens.circuits.over_training import over_training
 from dynalens.circuits.patching import activation_patching, make_cells, run_cells
 from dynalens.circuits.path_patching import path_patching
 from dynalens.circuits.reference import ReferenceConfig, ReferenceTransformer
@@ -44,6 +45,8 @@ __all__ = [
     "kl_to_clean",
     "logit_diff",
     "make_cells",
+    "named_metric",
+    "over_training",
     "path_patching",
     "probability",
     "run_cells",

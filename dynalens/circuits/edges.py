@@ -34,8 +34,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -44,6 +45,7 @@ from dynalens._validation import check_option
 from dynalens.circuits._inputs import check_pair, check_pair_mode, check_positive
 from dynalens.circuits.attribution import constant_leaf, embedding_site, keeper
 from dynalens.circuits.metrics import Metric, check_per_example
+from dynalens.circuits.results import check_kind
 from dynalens.errors import CapabilityError, InvalidParameterError
 from dynalens.probe.interventions import logits_of, record_activations
 from dynalens.probe.interventions_sites import (
@@ -85,6 +87,23 @@ class EdgeScores:
             "score": self.mean().numpy(),
             "mode": self.mode,
         })  # fmt: skip
+
+    # -- serialisation (Store.put_result / get_result) --
+    def to_arrays(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """``(arrays, attrs)``: sender / receiver columns and float64 ``values``."""
+        return {
+            "sender": np.array([u for u, _ in self.edges], dtype=object),
+            "receiver": np.array([v for _, v in self.edges], dtype=object),
+            "values": self.values.double().numpy(),
+        }, {"kind": "EdgeScores", "mode": self.mode}  # fmt: skip
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray], attrs: dict[str, Any]) -> EdgeScores:
+        """The scores saved by :meth:`to_arrays`, bit for bit."""
+        check_kind(attrs, "EdgeScores")
+        edges = [(str(u), str(v)) for u, v in zip(arrays["sender"], arrays["receiver"])]
+        values = torch.from_numpy(np.array(arrays["values"], dtype=np.float64))
+        return cls(edges, values, str(attrs["mode"]))
 
 
 @dataclass(frozen=True)

@@ -19,14 +19,22 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from dynalens.circuits._inputs import check_pair, check_positive
 from dynalens.circuits.attribution import embedding_site
 from dynalens.circuits.metrics import Metric, check_per_example
-from dynalens.circuits.results import Cell, PatchingResult
+from dynalens.circuits.results import (
+    Cell,
+    PatchingResult,
+    cells_from_arrays,
+    cells_to_arrays,
+    check_kind,
+)
 from dynalens.errors import CapabilityError, InvalidInputError, InvalidParameterError
 from dynalens.probe.interventions import (
     Intervention,
@@ -82,6 +90,33 @@ class Faithfulness:
 
     def sizes(self) -> list[int]:
         return [len(c) for c in self.circuits]
+
+    # -- serialisation (Store.put_result / get_result) --
+    def to_arrays(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """``(arrays, attrs)``: every circuit's nodes as cell columns with a ``circuit``
+        index, float64 ``values``, ``clean`` and ``corrupt``."""
+        flat = [c for circuit in self.circuits for c in circuit]
+        arrays = cells_to_arrays(flat)
+        arrays["circuit"] = np.repeat(np.arange(len(self.circuits)), self.sizes())
+        arrays["values"] = self.values.double().numpy()
+        arrays["clean"], arrays["corrupt"] = (
+            self.clean.double().numpy(),
+            self.corrupt.double().numpy(),
+        )
+        return arrays, {"kind": "Faithfulness", "ablation": self.ablation}
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray], attrs: dict[str, Any]) -> Faithfulness:
+        """The result saved by :meth:`to_arrays`, bit for bit."""
+        check_kind(attrs, "Faithfulness")
+        values = torch.from_numpy(np.array(arrays["values"], dtype=np.float64))
+        circuits: list[list[Cell]] = [[] for _ in range(values.shape[0])]
+        for i, cell in zip(arrays["circuit"], cells_from_arrays(arrays)):
+            circuits[int(i)].append(cell)
+        clean, corrupt = (
+            torch.from_numpy(np.array(arrays[k], dtype=np.float64)) for k in ("clean", "corrupt")
+        )
+        return cls(circuits, values, clean, corrupt, str(attrs["ablation"]))
 
 
 def check_ablation(ablation: str) -> None:

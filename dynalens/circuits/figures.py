@@ -1,4 +1,6 @@
-"""Heatmaps of activation-patching results (reads a :class:`PatchingResult` only)."""
+"""Figures of the circuits package: heatmaps of activation-patching results (read a
+:class:`PatchingResult` only) and curves over training (read the tables of
+:func:`~dynalens.circuits.over_training.over_training`)."""
 
 from __future__ import annotations
 
@@ -73,4 +75,53 @@ def patching_heatmap(
     )
     fig.update_yaxes(autorange="reversed", type="category")
     fig.update_xaxes(type="category")
+    return fig
+
+
+def plot_induction_heads(tables: dict[str, Any], *, phase_change_step: int | None = None) -> Any:
+    """Loss, per-head attention scores and per-head patching effects against the step.
+
+    ``tables``: ``performance`` (step, loss, accuracy), ``induction`` and
+    ``previous_token`` (step, layer, head, score) and ``patching`` (step, layer, head,
+    effect), as :func:`~dynalens.circuits.induction_heads.induction_tables` returns
+    them. A dashed line marks ``phase_change_step`` when given.
+    """
+    go = require("plotly.graph_objects", "plot_induction_heads")
+    subplots = require("plotly.subplots", "plot_induction_heads")
+    fig = subplots.make_subplots(
+        rows=3, cols=1, shared_xaxes=True, vertical_spacing=0.07,
+        subplot_titles=(
+            "held-out loss inside the second copy",
+            "layer-1 induction score (solid) and layer-0 previous-token score (dotted) per head",
+            "patching effect of each head (output resampled from the corrupted copy)",
+        ),
+    )  # fmt: skip
+    perf = tables["performance"]
+    fig.add_trace(go.Scatter(x=perf["step"], y=perf["loss"], name="loss", mode="lines+markers",
+                             line={"color": "black"}), row=1, col=1)  # fmt: skip
+    palette = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2"]
+    for name, layer, dash in (("induction", 1, "solid"), ("previous_token", 0, "dot")):
+        t = tables[name]
+        for h, rows in t[t["layer"] == layer].groupby("head"):
+            fig.add_trace(go.Scatter(
+                x=rows["step"], y=rows["score"], name=f"L{layer}H{h} {name.replace('_', '-')}",
+                mode="lines", line={"dash": dash, "color": palette[int(h) % len(palette)]},
+            ), row=2, col=1)  # fmt: skip
+    patch = tables["patching"]
+    for (layer, h), rows in patch.groupby(["layer", "head"]):
+        fig.add_trace(go.Scatter(
+            x=rows["step"], y=rows["effect"], name=f"L{layer}H{h} patched", mode="lines",
+            line={"dash": "dot" if layer == 0 else "solid",
+                  "color": palette[int(h) % len(palette)]},
+        ), row=3, col=1)  # fmt: skip
+    if phase_change_step is not None:
+        fig.add_vline(x=phase_change_step, line_dash="dash", line_color="gray")
+    fig.update_yaxes(title_text="loss (nats)", row=1, col=1)
+    fig.update_yaxes(title_text="attention weight", range=[0, 1], row=2, col=1)
+    fig.update_yaxes(title_text="Δ log-prob (nats)", row=3, col=1)
+    fig.update_xaxes(title_text="training step", row=3, col=1)
+    fig.update_layout(
+        title="Induction heads form in a phase change (2-layer attention-only transformer)",
+        template="plotly_white", width=900, height=900, legend={"font": {"size": 10}},
+    )  # fmt: skip
     return fig

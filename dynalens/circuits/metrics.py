@@ -11,18 +11,69 @@ activation patching"): it is linear in the final residual and does not saturate.
   at a position, in nats (0 when the run reproduces the clean one).
 
 Any callable with the same contract works; :func:`check_per_example` refuses one that
-returns a scalar.
+returns a scalar. The built-in metrics are :class:`NamedMetric` objects: a name and the
+parameters they were built from, so an analysis cached in a store is keyed by what the
+metric *is* (``"logit_diff"`` of these tokens at this position), not by a function
+object that changes every session. :func:`named_metric` names any callable.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
 from dynalens.errors import InvalidInputError, InvalidParameterError
 
 Metric = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True, eq=False)
+class NamedMetric:
+    """A metric with a stable name and the parameters it was built from.
+
+    Calling it calls ``fn``; ``name`` and ``params`` (numbers, strings, tensors) make the
+    cache key of an analysis that uses it (see :func:`metric_key`).
+    """
+
+    fn: Metric
+    name: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
+        return self.fn(logits)
+
+
+def named_metric(fn: Metric, name: str, **params: Any) -> NamedMetric:
+    """Name a callable metric so analyses using it can be cached.
+
+    ``params`` are what the metric depends on besides the logits (answer tokens,
+    positions...): two metrics of the same name and params must compute the same thing.
+
+    Example
+    -------
+    >>> m = named_metric(lambda logits: logits[:, -1, 3], "logit_3", token=3)
+    """
+    if not callable(fn):
+        raise InvalidParameterError(f"named_metric needs a callable; got {type(fn).__name__}.")
+    if not isinstance(name, str) or not name:
+        raise InvalidParameterError(f"a metric name must be a non-empty string; got {name!r}.")
+    return NamedMetric(fn, name, dict(params))
+
+
+def metric_key(metric: object) -> tuple[str, dict[str, Any]]:
+    """``(name, params)`` of a :class:`NamedMetric`, or a clear error for an unnamed
+    callable (its identity changes every session, so nothing could be cached by it)."""
+    if isinstance(metric, NamedMetric):
+        return metric.name, metric.params
+    what = getattr(metric, "__qualname__", type(metric).__name__)
+    raise InvalidParameterError(
+        f"the metric {what!r} has no name, so a cached result could not be keyed by it. "
+        "Use a built-in metric (logit_diff, probability, kl_to_clean) or name yours: "
+        "named_metric(fn, 'my_metric', **what_it_depends_on); or pass cache=False."
+    )
 
 
 def _tokens(value: int | torch.Tensor, what: str) -> torch.Tensor:
@@ -52,7 +103,9 @@ def _gather(last: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     return last.gather(1, tokens[:, None])[:, 0]
 
 
-def logit_diff(answer: int | torch.Tensor, wrong: int | torch.Tensor, position: int = -1) -> Metric:
+def logit_diff(
+    answer: int | torch.Tensor, wrong: int | torch.Tensor, position: int = -1
+) -> NamedMetric:
     """``logits[:, position, answer] - logits[:, position, wrong]`` per example."""
     a, w = _tokens(answer, "answer"), _tokens(wrong, "wrong")
 
@@ -60,20 +113,20 @@ def logit_diff(answer: int | torch.Tensor, wrong: int | torch.Tensor, position: 
         last = _at(logits, position)
         return _gather(last, a) - _gather(last, w)
 
-    return metric
+    return NamedMetric(metric, "logit_diff", {"answer": a, "wrong": w, "position": position})
 
 
-def probability(answer: int | torch.Tensor, position: int = -1) -> Metric:
+def probability(answer: int | torch.Tensor, position: int = -1) -> NamedMetric:
     """``softmax(logits[:, position])[answer]`` per example."""
     a = _tokens(answer, "answer")
 
     def metric(logits: torch.Tensor) -> torch.Tensor:
         return _gather(torch.softmax(_at(logits, position).double(), dim=-1), a)
 
-    return metric
+    return NamedMetric(metric, "probability", {"answer": a, "position": position})
 
 
-def kl_to_clean(clean_logits: torch.Tensor, position: int = -1) -> Metric:
+def kl_to_clean(clean_logits: torch.Tensor, position: int = -1) -> NamedMetric:
     """``KL(p_clean || p)`` in nats per example, at ``position``."""
     log_clean = torch.log_softmax(_at(clean_logits.detach(), position).double(), dim=-1)
 
@@ -86,7 +139,7 @@ def kl_to_clean(clean_logits: torch.Tensor, position: int = -1) -> Metric:
             )
         return (log_clean.exp() * (log_clean - log_p.to(log_clean.device))).sum(-1)
 
-    return metric
+    return NamedMetric(metric, "kl_to_clean", {"clean_logits": log_clean, "position": position})
 
 
 def check_per_example(values: object, batch: int, name: str = "metric") -> torch.Tensor:

@@ -16,10 +16,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 
 from dynalens._optional import require
-from dynalens.errors import InvalidParameterError
+from dynalens.errors import InvalidInputError, InvalidParameterError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -37,6 +38,52 @@ class Cell:
     site: str
     position: int | None = None
     head: int | None = None
+
+
+def cells_to_arrays(cells: list[Cell]) -> dict[str, np.ndarray]:
+    """Cells as columns ``cell_component, cell_site, cell_layer, cell_position,
+    cell_head`` (``-1`` stands for ``None``: all positions / heads)."""
+    for c in cells:
+        if (c.position is not None and c.position < 0) or (c.head is not None and c.head < 0):
+            raise InvalidInputError(
+                f"cell {c} has a negative position or head; sweeps store them as 0..n-1 "
+                "(-1 means 'all' in the stored form). Use non-negative indices."
+            )
+
+    def ints(values: list[int | None]) -> np.ndarray:
+        return np.array([-1 if v is None else v for v in values], dtype=np.int64)
+
+    return {
+        "cell_component": np.array([c.component for c in cells], dtype=object),
+        "cell_site": np.array([c.site for c in cells], dtype=object),
+        "cell_layer": ints([c.layer for c in cells]),
+        "cell_position": ints([c.position for c in cells]),
+        "cell_head": ints([c.head for c in cells]),
+    }
+
+
+def cells_from_arrays(cols: dict[str, np.ndarray]) -> list[Cell]:
+    """The inverse of :func:`cells_to_arrays`."""
+
+    def opt(v: Any) -> int | None:
+        return None if v < 0 else int(v)
+
+    return [
+        Cell(str(comp), int(layer), str(site), opt(pos), opt(h))
+        for comp, site, layer, pos, h in zip(
+            cols["cell_component"], cols["cell_site"], cols["cell_layer"],
+            cols["cell_position"], cols["cell_head"],
+        )
+    ]  # fmt: skip
+
+
+def check_kind(attrs: dict[str, Any], kind: str) -> None:
+    """Refuse stored arrays of another result type."""
+    if attrs.get("kind") != kind:
+        raise InvalidInputError(
+            f"these arrays hold a {attrs.get('kind')!r}, not a {kind}; read them with "
+            f"that type's from_arrays."
+        )
 
 
 @dataclass
@@ -58,6 +105,31 @@ class PatchingResult:
     clean: torch.Tensor
     corrupt: torch.Tensor | None
     mode: str
+
+    def to_arrays(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """``(arrays, attrs)`` for :meth:`Store.put_result`: the cells as columns,
+        ``values`` ``[cells, batch]`` and the ``[batch]`` baselines, all float64, so
+        :meth:`from_arrays` rebuilds the result bit for bit."""
+        arrays = cells_to_arrays(self.cells)
+        arrays["values"] = self.values.double().numpy()
+        arrays["base"], arrays["clean"] = self.base.double().numpy(), self.clean.double().numpy()
+        if self.corrupt is not None:
+            arrays["corrupt"] = self.corrupt.double().numpy()
+        return arrays, {"kind": "PatchingResult", "mode": self.mode}
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray], attrs: dict[str, Any]) -> PatchingResult:
+        """The result saved by :meth:`to_arrays` (e.g. read back with ``get_result``)."""
+        check_kind(attrs, "PatchingResult")
+        corrupt = arrays.get("corrupt")
+        return cls(
+            cells_from_arrays(arrays),
+            torch.from_numpy(np.array(arrays["values"], dtype=np.float64)),
+            torch.from_numpy(np.array(arrays["base"], dtype=np.float64)),
+            torch.from_numpy(np.array(arrays["clean"], dtype=np.float64)),
+            None if corrupt is None else torch.from_numpy(np.array(corrupt, dtype=np.float64)),
+            str(attrs["mode"]),
+        )
 
     def mean(self) -> torch.Tensor:
         """Mean patched metric per cell ``[cells]`` (what transformer-lens's

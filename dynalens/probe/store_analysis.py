@@ -80,8 +80,9 @@ class StoreAnalysis:
     def put_result(
         self, name: str, columns: dict[str, Any], attrs: dict[str, Any] | None = None
     ) -> None:
-        """Save an analysis table (equal-length columns) next to the records, replacing
-        an older one of the same name. Needs ``open_store(..., mode="a")``."""
+        """Save an analysis table (equal-length columns; a result's ``to_arrays()`` may add
+        arrays of other lengths) next to the records, replacing an older one of the same
+        name. Needs ``open_store(..., mode="a")``."""
         if self.mode != "a":
             raise ReadOnlyStoreError(
                 f"store {str(self.path)!r} was opened read-only; reopen it with "
