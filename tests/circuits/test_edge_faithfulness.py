@@ -36,7 +36,6 @@ def task():
     corrupt[:, 3] = (corrupt[:, 3] + 9) % 20
     answer, wrong = torch.randint(0, 20, (6,), generator=g), torch.randint(0, 20, (6,), generator=g)
     metric = logit_diff(answer, wrong)
-    metric.answer_wrong = (answer, wrong)
     return clean, corrupt, metric
 
 
@@ -128,7 +127,7 @@ def test_all_edges_among_a_node_set_equal_node_faithfulness(task, d_mlp, ablatio
 
 def test_batched_pairs_and_circuits_equal_the_per_pair_loop(task):
     clean, corrupt, metric = task
-    answer, wrong = metric.answer_wrong
+    answer, wrong = metric.params["answer"], metric.params["wrong"]
     model = make_model()
     circuits = [random_circuit(model, seed) for seed in range(4)]
     together = edge_faithfulness(model, clean, corrupt, metric, circuits, max_rows=1)
