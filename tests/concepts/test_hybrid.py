@@ -85,7 +85,7 @@ def test_bypass_share_is_one_when_only_the_residual_is_read() -> None:
     g = torch.Generator().manual_seed(0)
     y = torch.randint(0, 2, (400,), generator=g)
     c = torch.rand(400, 2, generator=g, dtype=torch.float64)
-    r = (y[:, None].double() + 0.3 * torch.randn(400, 1, generator=g, dtype=torch.float64))
+    r = y[:, None].double() + 0.3 * torch.randn(400, 1, generator=g, dtype=torch.float64)
     res = bypass_share(_head(0.0, 1.0), c, r, y, n_boot=50)
     assert res.value == 1.0 and res.details["drop_concepts"] == 0.0
     assert res.details["concept_share"] == 0.0
@@ -97,9 +97,12 @@ def test_bypass_share_equals_the_drops_computed_by_hand() -> None:
     g = torch.Generator().manual_seed(1)
     n = 500
     y = torch.randint(0, 2, (n,), generator=g)
-    c = (y[:, None].double() + 0.8 * torch.randn(n, 1, generator=g, dtype=torch.float64))
-    r = (y[:, None].double() + 0.8 * torch.randn(n, 1, generator=g, dtype=torch.float64))
-    c_train, r_train = torch.zeros(10, 1, dtype=torch.float64), torch.ones(10, 1, dtype=torch.float64)
+    c = y[:, None].double() + 0.8 * torch.randn(n, 1, generator=g, dtype=torch.float64)
+    r = y[:, None].double() + 0.8 * torch.randn(n, 1, generator=g, dtype=torch.float64)
+    c_train, r_train = (
+        torch.zeros(10, 1, dtype=torch.float64),
+        torch.ones(10, 1, dtype=torch.float64),
+    )
     head = _head(1.0, 2.0)
     res = bypass_share(head, c, r, y, reference=(c_train, r_train), n_boot=100, seed=0)
 

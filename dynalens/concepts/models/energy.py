@@ -204,7 +204,9 @@ class EnergyCBM(nn.Module):
         for start in range(0, n, chunk):
             sl = slice(start, start + chunk)
             # sum_k E(x, c_k) for every configuration: E0 summed + c @ (E1 - E0)
-            e_concepts = e_c[sl, :, 0].sum(1, keepdim=True) + (e_c[sl, :, 1] - e_c[sl, :, 0]) @ cfg.T
+            e_concepts = (
+                e_c[sl, :, 0].sum(1, keepdim=True) + (e_c[sl, :, 1] - e_c[sl, :, 0]) @ cfg.T
+            )
             energy = (
                 e_y[sl, None, :]
                 + self.lambda_c * e_concepts[:, :, None]

@@ -61,7 +61,9 @@ __all__ = [
 LOSSES = ("gumbel", "contrastive", "l1")
 
 
-def _gumbel(shape: torch.Size, generator: torch.Generator | None, like: torch.Tensor) -> torch.Tensor:
+def _gumbel(
+    shape: torch.Size, generator: torch.Generator | None, like: torch.Tensor
+) -> torch.Tensor:
     u = torch.rand(shape, generator=generator, dtype=like.dtype).clamp(1e-20, 1.0)
     return -torch.log(-torch.log(u)).to(like.device)
 
@@ -77,10 +79,13 @@ def gumbel_loss(
 
 def contrastive_loss(scores: torch.Tensor) -> torch.Tensor:
     """CLIP-style symmetric diagonal cross-entropy on scores (B, K) (module docstring)."""
-    return -(
-        torch.diagonal(torch.log_softmax(scores, 0)).mean()
-        + torch.diagonal(torch.log_softmax(scores, 1)).mean()
-    ) / 2
+    return (
+        -(
+            torch.diagonal(torch.log_softmax(scores, 0)).mean()
+            + torch.diagonal(torch.log_softmax(scores, 1)).mean()
+        )
+        / 2
+    )
 
 
 def l1_loss(weight: torch.Tensor, lam: float = 1e-3) -> torch.Tensor:
@@ -110,7 +115,7 @@ def gumbel_topk_mask(
         p = torch.softmax(logits / tau, 1)
         soft = soft + p
         logits = logits + torch.log1p(-p.clamp(max=1 - 1e-6))
-    return hard + soft - soft.detach()
+    return hard + (soft - soft.detach())  # exactly `hard` forward, the relaxation's gradient
 
 
 class SparseCBM(nn.Module):
