@@ -20,7 +20,7 @@ class TableEnergy(nn.Module):
     def __init__(self, table: torch.Tensor) -> None:
         super().__init__()
         self.table = table
-        self.k = int(round(float(torch.log2(torch.tensor(table.shape[0], dtype=torch.float64)))))
+        self.k = table.shape[0].bit_length() - 1
 
     def forward(self, c: torch.Tensor) -> torch.Tensor:
         powers = 2 ** torch.arange(self.k - 1, -1, -1)

@@ -61,7 +61,7 @@ def test_sequential_hybrid_trains_the_encoder_as_the_sequential_cbm(data) -> Non
 def test_residual_l2_needs_a_linear_head_and_shrinks_the_residual_weights(data) -> None:
     torch.manual_seed(0)
     bad = HybridCBM(nn.Linear(16, 12), nn.Linear(16, 3), nn.Sequential(nn.Linear(15, 4)))
-    with pytest.raises(InvalidParameterError, match="nn.Linear head"):
+    with pytest.raises(InvalidParameterError, match=r"nn\.Linear head"):
         fit_hybrid(bad, data.x, data.c, data.y, residual_l2=0.1)
     norms = []
     for penalty in (0.0, 1.0):

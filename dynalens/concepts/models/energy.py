@@ -78,6 +78,8 @@ class EnergyCBM(nn.Module):
         Weights of the concept and global energies in the total energy.
     """
 
+    configs: torch.Tensor  # (2^k, k) every concept configuration, row i = binary i
+
     def __init__(
         self,
         backbone: nn.Module,
