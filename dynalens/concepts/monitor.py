@@ -20,7 +20,9 @@ curves stay comparable across steps; no bootstrap inside the loop):
 - ``leakage``: the concept -> task leakage gap of the bottleneck
   (:func:`~dynalens.estimators.concepts.concept_task_leakage`, one seeded split);
 - ``ois``: the Oracle Impurity Score of the bottleneck
-  (:func:`~dynalens.estimators.concepts.oracle_impurity_score`, one seeded split).
+  (:func:`~dynalens.estimators.concepts.oracle_impurity_score`, one seeded split);
+- ``bypass_share``: of a hybrid model (:func:`~dynalens.estimators.concepts.bypass_share`,
+  the parts' means taken over the probe set).
 
 A metric may also be any ``fn(model, x, c, y) -> float`` (or a ``ConceptResult``). The
 model must return ``(concept logits, task logits)`` from ``forward`` and the bottleneck
@@ -93,6 +95,18 @@ def _ois(model: nn.Module, x: Any, c: Any, y: Any) -> float:
     return oracle_impurity_score(soft, c, n_seeds=1, n_boot=0).value
 
 
+def _bypass_share(model: nn.Module, x: Any, c: Any, y: Any) -> float:
+    from dynalens.estimators.concepts import bypass_share
+
+    if not hasattr(model, "residual_values"):
+        raise InvalidParameterError(
+            f"bypass_share needs a hybrid model (concepts + residual, e.g. HybridCBM); got "
+            f"{type(model).__name__}."
+        )
+    values, residual = model.concepts(x), model.residual_values(x)  # type: ignore[operator]
+    return bypass_share(model.task, values, residual, y, n_boot=0).value  # type: ignore[arg-type]
+
+
 #: the built-in metrics by name
 METRICS: dict[str, MetricFn] = {
     "concept_accuracy": _concept_accuracy,
@@ -100,6 +114,7 @@ METRICS: dict[str, MetricFn] = {
     "task_accuracy": _task_accuracy,
     "leakage": _leakage,
     "ois": _ois,
+    "bypass_share": _bypass_share,
 }
 
 

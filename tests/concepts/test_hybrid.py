@@ -124,3 +124,21 @@ def test_bypass_share_undefined_warns_and_bad_reference_is_refused() -> None:
     assert math.isnan(res.value)
     with pytest.raises(InvalidInputError, match="widths"):
         bypass_share(_head(1.0, 1.0), c, c, y, reference=(torch.zeros(3, 2), torch.zeros(3, 1)))
+
+
+def test_an_unregularised_residual_carries_the_prediction(data) -> None:
+    train, test = data, make_tabular_concepts(600, seed=1, input_noise=1.0)
+    torch.manual_seed(0)
+    model = HybridCBM(
+        nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 12)),
+        nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 8)),
+        nn.Linear(20, 4),
+        residual_activation="identity",
+    )
+    fit_hybrid(model, train.x, train.c, train.y, mode="sequential", epochs=150)
+    with torch.no_grad():
+        ref = (model.concepts(train.x), model.residual_values(train.x))
+        res = bypass_share(model.task, model.concepts(test.x), model.residual_values(test.x),
+                           test.y, reference=ref, n_boot=100)  # fmt: skip
+    assert res.interval is not None and res.interval[0] > 0.9
+    assert res.details["drop_residual"] > 0.3 > res.details["drop_concepts"]

@@ -86,3 +86,24 @@ def test_bad_metric_and_probe_are_refused() -> None:
         ConceptMonitor(_model(), (probe.x, probe.c, probe.y), ["acc"]).attach()
     with pytest.raises(InvalidInputError, match="probe"):
         ConceptMonitor(_model(), (probe.x, probe.c), ["ois"]).attach()
+
+
+def test_bypass_share_of_a_hybrid_over_training() -> None:
+    from dynalens.concepts.models import HybridCBM, fit_hybrid
+    from dynalens.estimators.concepts import bypass_share
+
+    train = make_tabular_concepts(300, seed=0, input_noise=1.0)
+    probe = make_tabular_concepts(300, seed=1, input_noise=1.0)
+    torch.manual_seed(0)
+    model = HybridCBM(nn.Linear(16, 12), nn.Linear(16, 4), nn.Linear(16, 4))
+    mon = ConceptMonitor(model, (probe.x, probe.c, probe.y), ["bypass_share"], every=[10])
+    mon.attach()
+    fit_hybrid(model, train.x, train.c, train.y, epochs=10, callback=mon.step)
+    model.eval()
+    with torch.no_grad():
+        want = bypass_share(
+            model.task, model.concepts(probe.x), model.residual_values(probe.x), probe.y, n_boot=0
+        ).value
+    assert mon.history_[10]["bypass_share"] == pytest.approx(want, nan_ok=True)
+    with pytest.raises(InvalidParameterError, match="hybrid"):
+        ConceptMonitor(_model(), (probe.x, probe.c, probe.y), ["bypass_share"]).attach()
