@@ -23,7 +23,7 @@ larger k is refused rather than approximated silently):
 - :meth:`EnergyCBM.concept_given_class`: :math:`p(c_k \mid y) = \sum_{c_{-k}} p(c \mid y)`,
   :math:`p(c_i, c_j \mid y)`, :math:`p(c_i \mid y, c_j) = p(c_i, c_j \mid y) / p(c_j \mid
   y)` and :math:`p(c_i \mid c_j) = \sum_y \pi_y p(c_i, c_j \mid y) / \sum_y \pi_y p(c_j
-  \mid y)` for a class prior π (the paper's Prop. 3.1-3.3 quantities);
+  \mid y)` for a class prior π (the paper's probabilistic interpretations);
 - :meth:`EnergyCBM.posterior`: interventions condition on the written concepts S,
   :math:`p(y, c_{-S} \mid x, c_S) \propto \exp(-E(x, c, y))` -- the other concepts move,
   as in the paper's intervention, but exactly. ``inference="map"`` minimises the energy
