@@ -121,3 +121,36 @@ def test_too_many_concepts_and_bad_inputs_are_refused() -> None:
         model.posterior(torch.zeros(2, 5), torch.zeros(2, 2), torch.zeros(2, 2, dtype=torch.bool))
     with pytest.raises(InvalidParameterError, match="prior"):
         model.concept_given_class(prior=[0.2, 0.2])
+
+
+def test_gradient_inference_reaches_the_exact_minimiser_without_coupling() -> None:
+    # lambda_g = 0: the relaxed energy is linear in each simplex, so descent ends at the
+    # vertex of the exact MAP
+    model = _model(3, 4, seed=5)
+    model.lambda_g = 0.0
+    x = torch.randn(30, 5, generator=torch.Generator().manual_seed(6))
+    written = torch.zeros(30, 3, dtype=torch.bool)
+    written[:, 1] = True
+    values = torch.ones(30, 3)
+    best, arg = model.posterior(x, values, written, inference="map")
+    log_y, c_soft = model.posterior(x, values, written, inference="gradient")
+    assert torch.equal(log_y.argmax(1), best.argmax(1))
+    assert torch.equal((c_soft > 0.5).double(), arg)
+    assert bool((c_soft[:, 1] == 1).all())  # the written concept stays written
+    assert all(p.requires_grad for p in model.parameters())  # the model is left as it was
+
+
+def test_gradient_inference_through_the_engine_agrees_with_map_on_most_rows() -> None:
+    d = make_tabular_concepts(120, seed=0, input_noise=1.0)
+    c = d.c[:, :6]
+    torch.manual_seed(0)
+    model = EnergyCBM(nn.Sequential(nn.Linear(16, 32), nn.ReLU()), 32, 6, 4)
+    fit_energy_cbm(model, d.x, c, d.y, epochs=30)
+    with torch.no_grad():
+        p = model.concepts(d.x)
+    groups = [[0, 1, 2], [3, 4, 5]]
+    grad = intervention_curve(model.concept_task(d.x, inference="gradient"), p, c, d.y,
+                              groups=groups, policy="uncertainty")  # fmt: skip
+    exact = intervention_curve(model.concept_task(d.x, inference="map"), p, c, d.y,
+                               groups=groups, policy="uncertainty")  # fmt: skip
+    assert (grad.details["curve"] - exact.details["curve"]).abs().max() < 0.05

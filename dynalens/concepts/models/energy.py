@@ -17,8 +17,8 @@ and inference, interventions and explanations use the total energy
 :math:`E(x, c, y) = E(x, y) + \lambda_c \sum_k E(x, c_k) + \lambda_g E(c, y)`,
 :math:`p(c, y \mid x) \propto \exp(-E(x, c, y))`. With k ≤ 16 every quantity is summed
 exactly over the :math:`2^k` configurations (Xu et al. relax c and y and minimise the
-energy by gradient descent; the guide's Gibbs sampling beyond k = 16 is not provided:
-larger k is refused rather than approximated silently):
+energy by gradient descent, also provided; the guide's Gibbs sampling beyond k = 16 is
+not: larger k is refused rather than approximated silently):
 
 - :meth:`EnergyCBM.concept_given_class`: :math:`p(c_k \mid y) = \sum_{c_{-k}} p(c \mid y)`,
   :math:`p(c_i, c_j \mid y)`, :math:`p(c_i \mid y, c_j) = p(c_i, c_j \mid y) / p(c_j \mid
@@ -28,7 +28,8 @@ larger k is refused rather than approximated silently):
   :math:`p(y, c_{-S} \mid x, c_S) \propto \exp(-E(x, c, y))` -- the other concepts move,
   as in the paper's intervention, but exactly. ``inference="map"`` minimises the energy
   instead of summing it: per class :math:`-\min_{c_{-S}} E(x, c, y)`, whose argmax is
-  the energy-minimising class.
+  the energy-minimising class; ``inference="gradient"`` is Xu et al.'s own relaxed
+  minimisation by Adam (:mod:`~dynalens.concepts.models._energy_descent`).
 
 The released ``CalcImportanceScore.py`` estimates p(c | y) from frequencies of predicted
 hard concepts per predicted class instead of the model's marginals; that is a different
@@ -54,6 +55,7 @@ import torch
 from torch import nn
 
 from dynalens._validation import check_float, check_int, check_option
+from dynalens.concepts.models._energy_descent import minimise_energy
 from dynalens.concepts.models.cbm import FitHistory, _check_data, _epoch, _StepCounter
 from dynalens.errors import InvalidInputError, InvalidParameterError
 from dynalens.estimators.concepts import ConceptTask
@@ -61,6 +63,7 @@ from dynalens.estimators.concepts import ConceptTask
 __all__ = ["EnergyCBM", "fit_energy_cbm"]
 
 MAX_CONCEPTS = 16
+INFERENCE = ("marginal", "map", "gradient")
 
 
 class EnergyCBM(nn.Module):
@@ -179,8 +182,12 @@ class EnergyCBM(nn.Module):
         ``values`` (n, k) hold the written concepts (rounded to 0/1) where ``written``
         (n, k) is True. ``inference="marginal"``: returns (log p(y | x, c_S) (n, T),
         p(c_k = 1 | x, c_S) (n, k)); ``"map"``: (-min over c_-S of E(x, c, y) (n, T),
-        the minimising configuration of the best class (n, k))."""
-        inference = check_option("inference", inference, ("marginal", "map"))
+        the minimising configuration of the best class (n, k)); ``"gradient"``: (log of
+        the relaxed class probabilities, relaxed concept probabilities) after Xu et al.'s
+        Adam descent on the relaxed energy."""
+        inference = check_option("inference", inference, INFERENCE)
+        if inference == "gradient":
+            return minimise_energy(self, x, values, written)
         return self._scores(x, inference, values, written, 256)[1:]
 
     def _scores(
@@ -234,7 +241,7 @@ class EnergyCBM(nn.Module):
         """The :class:`~dynalens.estimators.concepts.ConceptTask` of ``x`` for
         ``intervention_curve``: task scores conditioned on the written concepts (values
         on the probability scale, written ones 0/1)."""
-        return _EnergyTask(self, x, check_option("inference", inference, ("marginal", "map")))
+        return _EnergyTask(self, x, check_option("inference", inference, INFERENCE))
 
 
 class _EnergyTask(ConceptTask):
