@@ -15,7 +15,8 @@ the relaxed energy is
 (the global energy module evaluated at the relaxed configuration). Written concepts are
 clamped to their values; the others and the class move. Adam (lr 0.1 as released) runs
 until the mean energy has not improved by more than ``tol`` (1e-4) for ``patience`` steps
-(10 as released) or for ``max_steps`` (200) steps. Starting point: u at the concept branch's logits, v = 0.
+(10 as released) or for ``max_steps`` (200) steps. Starting point: u at the concept
+branch's logits, v = 0.
 
 Differences from the released step: there, the written concepts' logits
 :math:`(\mathrm{onehot}(c) - 0.5) \cdot 10` are parameters that the optimiser keeps
