@@ -67,8 +67,8 @@ class ConceptBottleneckModel(nn.Module):
         return logits, self.head(values)
 
     def concept_task(self, x: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
-        """The concept -> task callable of :func:`~dynalens.estimators.concepts.
-        intervention_curve` for inputs ``x``: here the head (it reads only the bottleneck)."""
+        """The concept -> task callable that ``intervention_curve`` reads for inputs
+        ``x``: here the head itself (it reads only the bottleneck)."""
         return self.head
 
 
