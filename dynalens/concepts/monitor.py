@@ -243,11 +243,14 @@ def concept_metrics_from_checkpoints(
     *,
     steps: Iterable[int] | None = None,
     prefix: str = "concepts",
+    recorder: Any = None,
 ) -> Any:
     """The metrics at each checkpoint a Recorder stored (``Recorder(checkpoints=...)``):
     loads every checkpoint (or those of ``steps``) into ``model`` and evaluates; returns
     a DataFrame (``step`` and ``{prefix}.{metric}`` columns) that the figure helpers
-    read like the scalar table. ``model``'s parameters are restored afterwards."""
+    read like the scalar table, and logs each row to ``recorder`` (anything with
+    ``log(step, **scalars)``, e.g. a Recorder of a new run) when given. ``model``'s
+    parameters are restored afterwards."""
     import pandas as pd
 
     fns = _resolve(metrics)
@@ -259,7 +262,10 @@ def concept_metrics_from_checkpoints(
         for s in wanted:
             store.load_checkpoint(int(s), model)
             values = _evaluate(model, fns, probe_)
-            rows.append({"step": int(s), **{f"{prefix}.{k}": v for k, v in values.items()}})
+            named = {f"{prefix}.{k}": v for k, v in values.items()}
+            rows.append({"step": int(s), **named})
+            if recorder is not None:
+                recorder.log(int(s), **named)
     finally:
         model.load_state_dict(saved)
     return pd.DataFrame(rows)

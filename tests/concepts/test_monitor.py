@@ -55,7 +55,17 @@ def test_logged_values_equal_the_metric_on_the_saved_model_at_that_step(tmp_path
         for name, value in want.items():
             assert table.loc[step, f"concepts.{name}"] == value, (step, name)
             assert mon.history_[step][name] == value
-    replay = concept_metrics_from_checkpoints(store, fresh, (probe.x, probe.c, probe.y), metrics)
+    logged = []
+
+    class Log:
+        def log(self, step, **scalars):
+            logged.append((step, scalars))
+
+    replay = concept_metrics_from_checkpoints(
+        store, fresh, (probe.x, probe.c, probe.y), metrics, recorder=Log()
+    )
+    assert [s for s, _ in logged] == schedule
+    assert logged[1][1]["concepts.leakage"] == mon.history_[3]["leakage"]
     assert replay["step"].tolist() == schedule
     for name in metrics:
         assert replay[f"concepts.{name}"].tolist() == [mon.history_[s][name] for s in schedule]
