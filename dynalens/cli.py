@@ -86,24 +86,33 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+# Reproductions outside the information-bottleneck family: name -> (module, function).
+# Each function takes (out, quick=...) and returns {"summary": str | dict, "files": [...]}.
+OTHER_REPRODUCTIONS = {
+    "mccandlish": ("dynalens.dynamics.mccandlish", "reproduce_mccandlish"),
+    "induction-heads": ("dynalens.circuits.induction_heads", "reproduce_induction_heads"),
+    "koh-interventions": ("dynalens.concepts.koh_interventions", "reproduce_koh_interventions"),
+}
+
+
+def _reproduce_other(args: argparse.Namespace) -> int:
+    import importlib
+
+    from dynalens.figures import png_problem
+
+    module, function = OTHER_REPRODUCTIONS[args.name]
+    res = getattr(importlib.import_module(module), function)(args.out, quick=args.quick)
+    summary = res["summary"]
+    print(summary if isinstance(summary, str) else json.dumps(summary, indent=2, default=str))
+    print("files:\n  " + "\n  ".join(map(str, res["files"])))
+    if png_problem():
+        print(f"no PNG figure: {png_problem()}")
+    return 0
+
+
 def _reproduce(args: argparse.Namespace) -> int:
-    if args.name == "mccandlish":
-        from dynalens.dynamics.mccandlish import reproduce_mccandlish
-
-        res = reproduce_mccandlish(args.out, quick=args.quick)
-        print(res["summary"])
-        print("files:\n  " + "\n  ".join(map(str, res["files"])))
-        return 0
-    if args.name == "induction-heads":
-        from dynalens.circuits.induction_heads import reproduce_induction_heads
-        from dynalens.figures import png_problem
-
-        res = reproduce_induction_heads(args.out, quick=args.quick)
-        print(json.dumps(res["summary"], indent=2))
-        print("files:\n  " + "\n  ".join(res["files"]))
-        if png_problem():
-            print(f"no PNG figure: {png_problem()}")
-        return 0
+    if args.name in OTHER_REPRODUCTIONS:
+        return _reproduce_other(args)
     from dynalens.figures import png_problem
     from dynalens.ib.reproduce import reproduce
     from dynalens.ib.summary import format_summary
@@ -142,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("reproduce", help="reproduce a paper's figure")
     p.add_argument(
         "name",
-        choices=sorted([*REPRODUCTIONS, "mccandlish", "induction-heads"]),
+        choices=sorted([*REPRODUCTIONS, *OTHER_REPRODUCTIONS]),
         help="which paper",
     )
     p.add_argument("--out", default=None, help="output folder (default out/NAME)")

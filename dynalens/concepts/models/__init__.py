@@ -1,7 +1,36 @@
-"""Concept bottleneck models."""
+"""Concept bottleneck models: Koh et al.'s CBM, hybrid, sparse and energy-based CBMs.
+
+Each model has ``concepts(x)`` (the bottleneck) and ``concept_task(x)`` (the concept ->
+task callable of :func:`~dynalens.estimators.concepts.intervention_curve`), so one
+intervention engine serves them all.
+"""
 
 from __future__ import annotations
 
 from dynalens.concepts.models.cbm import ConceptBottleneckModel, FitHistory, fit_cbm
+from dynalens.concepts.models.energy import EnergyCBM, fit_energy_cbm
+from dynalens.concepts.models.hybrid import HybridCBM, fit_hybrid
+from dynalens.concepts.models.sparse import (
+    SparseCBM,
+    contrastive_loss,
+    fit_sparse_cbm,
+    gumbel_loss,
+    gumbel_topk_mask,
+    l1_loss,
+)
 
-__all__ = ["ConceptBottleneckModel", "FitHistory", "fit_cbm"]
+__all__ = [
+    "ConceptBottleneckModel",
+    "EnergyCBM",
+    "FitHistory",
+    "HybridCBM",
+    "SparseCBM",
+    "contrastive_loss",
+    "fit_cbm",
+    "fit_energy_cbm",
+    "fit_hybrid",
+    "fit_sparse_cbm",
+    "gumbel_loss",
+    "gumbel_topk_mask",
+    "l1_loss",
+]

@@ -22,6 +22,7 @@ Training is full-batch or mini-batch Adam; the batch order comes from ``seed``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,6 +66,11 @@ class ConceptBottleneckModel(nn.Module):
         values = torch.sigmoid(logits) if self.bottleneck == "prob" else logits
         return logits, self.head(values)
 
+    def concept_task(self, x: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The concept -> task callable that ``intervention_curve`` reads for inputs
+        ``x``: here the head itself (it reads only the bottleneck)."""
+        return self.head
+
 
 @dataclass
 class FitHistory:
@@ -88,9 +94,14 @@ def fit_cbm(
     lr: float = 1e-2,
     batch_size: int | None = None,
     seed: int = 0,
+    callback: Callable[[int], None] | None = None,
 ) -> FitHistory:
     """Train ``model`` in place on inputs ``x``, binary concepts ``c`` (n, k) and labels
     ``y`` (n,) in one of Koh et al.'s modes; returns the loss history.
+
+    ``callback(step)``, if given, is called after every optimizer step with the global
+    step index (0, 1, ... over both phases of independent / sequential training), as
+    ``Recorder.step``: e.g. ``lambda s: (rec.step(s), monitor.step(s))``.
 
     Examples
     --------
@@ -116,11 +127,17 @@ def fit_cbm(
     ce = nn.functional.cross_entropy
     nan = float("nan")
     model.train()
+    counter = _StepCounter(callback)
     if mode == "joint":
         opt = torch.optim.Adam(model.parameters(), lr=lr)
         for _ in range(epochs):
             closs, tloss = _epoch(
-                opt, n, size, gen, lambda rows: _joint(model, x, c, y, rows, weight, bce, ce)
+                opt,
+                n,
+                size,
+                gen,
+                lambda rows: _joint(model, x, c, y, rows, weight, bce, ce),
+                counter,
             )
             history.concept_loss.append(closs)
             history.task_loss.append(tloss)
@@ -129,7 +146,7 @@ def fit_cbm(
     opt = torch.optim.Adam(model.encoder.parameters(), lr=lr)
     for _ in range(epochs):
         closs, _ = _epoch(
-            opt, n, size, gen, lambda rows: (bce(model.encoder(x[rows]), c[rows]), None)
+            opt, n, size, gen, lambda rows: (bce(model.encoder(x[rows]), c[rows]), None), counter
         )
         history.concept_loss.append(closs)
         history.task_loss.append(nan)
@@ -143,7 +160,7 @@ def fit_cbm(
     opt = torch.optim.Adam(model.head.parameters(), lr=lr)
     for _ in range(epochs):
         _, tloss = _epoch(
-            opt, n, size, gen, lambda rows: (None, ce(model.head(inputs[rows]), y[rows]))
+            opt, n, size, gen, lambda rows: (None, ce(model.head(inputs[rows]), y[rows])), counter
         )
         history.concept_loss.append(nan)
         history.task_loss.append(tloss)
@@ -165,8 +182,25 @@ def _joint(
     return bce(logits, c[rows]) * weight, ce(task, y[rows])
 
 
+class _StepCounter:
+    """Counts optimizer steps and calls the user's callback after each."""
+
+    def __init__(self, callback: Callable[[int], None] | None) -> None:
+        self.callback, self.step = callback, 0
+
+    def __call__(self) -> None:
+        if self.callback is not None:
+            self.callback(self.step)
+        self.step += 1
+
+
 def _epoch(
-    opt: torch.optim.Optimizer, n: int, size: int, gen: torch.Generator, losses: Any
+    opt: torch.optim.Optimizer,
+    n: int,
+    size: int,
+    gen: torch.Generator,
+    losses: Any,
+    counter: Callable[[], None] | None = None,
 ) -> tuple[float, float]:
     order = torch.randperm(n, generator=gen)
     totals = [0.0, 0.0]
@@ -180,6 +214,8 @@ def _epoch(
         for i, t in enumerate((closs, tloss)):
             if t is not None:
                 totals[i] += float(t.detach()) * len(rows) / n
+        if counter is not None:
+            counter()
     return totals[0], totals[1]
 
 

@@ -11,7 +11,13 @@ functional shortcut share one private implementation::
 
 from __future__ import annotations
 
+from dynalens.estimators.concepts._intervention_engine import ConceptTask
 from dynalens.estimators.concepts._result import ConceptResult
+from dynalens.estimators.concepts.bypass_share import (
+    BypassShare,
+    UndefinedShareWarning,
+    bypass_share,
+)
 from dynalens.estimators.concepts.concept_accuracy import (
     ConceptScores,
     UndefinedConceptWarning,
@@ -39,14 +45,18 @@ from dynalens.estimators.concepts.task_accuracy import (
 )
 
 __all__ = [
+    "BypassShare",
     "ConceptResult",
     "ConceptScores",
+    "ConceptTask",
     "ConceptTaskLeakage",
     "InterventionCurve",
     "NicheImpurity",
     "OracleImpurity",
     "TaskScores",
     "UndefinedConceptWarning",
+    "UndefinedShareWarning",
+    "bypass_share",
     "concept_accuracy",
     "concept_auc",
     "concept_f1",

@@ -1,5 +1,10 @@
 """The intervention engine: writes concept groups, scores a concept -> task callable, and
-builds nested masks (deterministic policies) or random curves (exact, Monte Carlo, Koh)."""
+builds nested masks (deterministic policies) or random curves (exact, Monte Carlo, Koh).
+
+The callable is any ``values (n, k) -> task output``; a :class:`ConceptTask` is also told
+which concepts were written (``written`` (n, k) bool), for models whose task prediction
+depends on which concepts are known rather than only on their values (energy-based CBMs
+condition on the written concepts and marginalise the rest)."""
 
 from __future__ import annotations
 
@@ -14,7 +19,20 @@ from dynalens.errors import InvalidInputError
 from dynalens.estimators.concepts._scores import macro_ovr_auc
 from dynalens.estimators.concepts.task_accuracy import class_probabilities
 
-__all__ = ["Engine"]
+__all__ = ["ConceptTask", "Engine"]
+
+
+class ConceptTask:
+    """A concept -> task callable that also receives the written-concept mask.
+
+    Subclasses implement ``__call__(values, written)``: ``values`` (n, k) bottleneck
+    values with interventions applied, ``written`` (n, k) bool, True where a value was
+    written by an intervention (None: nothing written). Plain callables ``values -> out``
+    need no subclass; the engine passes ``written`` only to instances of this class.
+    """
+
+    def __call__(self, values: torch.Tensor, written: torch.Tensor | None = None) -> torch.Tensor:
+        raise NotImplementedError
 
 
 class Engine:
@@ -40,19 +58,26 @@ class Engine:
         self.n, self.g = pred.shape[0], members.shape[0]
         self._checked = False
 
+    def written(self, mask: torch.Tensor) -> torch.Tensor:
+        """(n, k) bool: the concepts of the groups in ``mask`` (n, G)."""
+        return (mask.to(torch.float64) @ self.members.to(torch.float64)) > 0
+
     def values(self, mask: torch.Tensor) -> torch.Tensor:
         """Bottleneck values (n, k) with the groups in ``mask`` (n, G) written."""
-        concept_mask = (mask.to(torch.float64) @ self.members.to(torch.float64)) > 0
-        return torch.where(concept_mask, self.target, self.pred)
+        return torch.where(self.written(mask), self.target, self.pred)
 
     def proba(self, mask: torch.Tensor) -> torch.Tensor:
         """Class probabilities (n, T) with the groups in ``mask`` (n, G) written."""
-        return self.proba_of(self.values(mask))
+        return self.proba_of(self.values(mask), self.written(mask))
 
-    def proba_of(self, values: torch.Tensor) -> torch.Tensor:
-        """Class probabilities (n, T) of ``task_fn`` on bottleneck values (n, k)."""
+    def proba_of(self, values: torch.Tensor, written: torch.Tensor | None = None) -> torch.Tensor:
+        """Class probabilities (n, T) of ``task_fn`` on bottleneck values (n, k);
+        a :class:`ConceptTask` also gets the ``written`` mask (n, k)."""
         with torch.no_grad():
-            out = self.task_fn(values.to(self._dtype()))
+            if isinstance(self.task_fn, ConceptTask):
+                out = self.task_fn(values.to(self._dtype()), written)
+            else:
+                out = self.task_fn(values.to(self._dtype()))
         if not torch.is_tensor(out) or out.shape[0] != self.n:
             raise InvalidInputError(
                 f"task_fn must return a tensor with one row per sample ({self.n}); got "
@@ -99,15 +124,17 @@ class Engine:
         """Koh et al.'s expected entropy reduction of the task prediction, per open group:
         the mean over its concepts j of H(y_hat) - sum_v P(c_j = v) H(y_hat | c_j <- v),
         with P(c_j = 1) = ``p_on`` (n, k) and the current writes in place."""
-        current = self.values(mask)
-        h_now = _entropy(self.proba_of(current))
+        current, known = self.values(mask), self.written(mask)
+        h_now = _entropy(self.proba_of(current, known))
         gain = torch.zeros_like(current)
         for j in range(current.shape[1]):
             hs = []
+            now_known = known.clone()
+            now_known[:, j] = True
             for write in (self.on, self.off):
                 trial = current.clone()
                 trial[:, j] = write[j]
-                hs.append(_entropy(self.proba_of(trial)))
+                hs.append(_entropy(self.proba_of(trial, now_known)))
             gain[:, j] = h_now - (p_on[:, j] * hs[0] + (1 - p_on[:, j]) * hs[1])
         members = self.members.to(gain.dtype)
         return (gain @ members.T) / members.sum(1)

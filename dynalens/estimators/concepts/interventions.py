@@ -35,6 +35,11 @@ accuracy over the trials (an optimistic, upward-biased curve; ``details["trials"
 logit bottleneck without ``writes`` gets the 5th / 95th percentiles of the *evaluated*
 ``c_pred`` (the default takes them from training logits via :func:`percentile_writes`).
 
+The callable may be a :class:`~dynalens.estimators.concepts.ConceptTask`, which is also
+given the (n, k) mask of written concepts: every model of :mod:`dynalens.concepts.models`
+(plain, hybrid, sparse, energy-based) hands one out via ``model.concept_task(x)``, so one
+engine serves them all.
+
 ``competence`` q: each written value is the true one with probability q and the wrong one
 otherwise, drawn once per (sample, concept) from ``seed`` (Koh et al.'s noisy-intervener
 setting is q < 1).
