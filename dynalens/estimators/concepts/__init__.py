@@ -1,4 +1,5 @@
-"""Concept-bottleneck metrics: accuracy / AUC / F1, intervention curves, impurity, leakage.
+"""Concept-bottleneck metrics: accuracy / AUC / F1, intervention curves, impurity, leakage,
+CAVs and TCAV.
 
 Every metric returns a :class:`ConceptResult` (value, per-concept values, interval, seed
 spread, settings). Class API (``__init__`` stores parameters, ``estimate`` computes) and a
@@ -12,6 +13,7 @@ functional shortcut share one private implementation::
 from __future__ import annotations
 
 from dynalens.estimators.concepts._result import ConceptResult
+from dynalens.estimators.concepts.cav import CAV, train_cav, train_cavs
 from dynalens.estimators.concepts.concept_accuracy import (
     ConceptScores,
     UndefinedConceptWarning,
@@ -37,20 +39,31 @@ from dynalens.estimators.concepts.task_accuracy import (
     task_auc,
     task_f1,
 )
+from dynalens.estimators.concepts.tcav import (
+    TCAV,
+    TCAVReport,
+    directional_derivatives,
+    tcav,
+    tcav_scores,
+)
 
 __all__ = [
+    "CAV",
+    "TCAV",
     "ConceptResult",
     "ConceptScores",
     "ConceptTaskLeakage",
     "InterventionCurve",
     "NicheImpurity",
     "OracleImpurity",
+    "TCAVReport",
     "TaskScores",
     "UndefinedConceptWarning",
     "concept_accuracy",
     "concept_auc",
     "concept_f1",
     "concept_task_leakage",
+    "directional_derivatives",
     "inter_concept_leakage",
     "intervention_curve",
     "niche_impurity_score",
@@ -59,4 +72,8 @@ __all__ = [
     "task_accuracy",
     "task_auc",
     "task_f1",
+    "tcav",
+    "tcav_scores",
+    "train_cav",
+    "train_cavs",
 ]
