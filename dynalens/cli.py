@@ -93,6 +93,13 @@ def _reproduce(args: argparse.Namespace) -> int:
         print(res["summary"])
         print("files:\n  " + "\n  ".join(map(str, res["files"])))
         return 0
+    if args.name == "posthoc-cbm":
+        from dynalens.concepts.posthoc_reproduce import reproduce_posthoc_cbm
+
+        res = reproduce_posthoc_cbm(args.out, quick=args.quick)
+        print(res["summary"])
+        print("files:\n  " + "\n  ".join(map(str, res["files"])))
+        return 0
     from dynalens.figures import png_problem
     from dynalens.ib.reproduce import reproduce
     from dynalens.ib.summary import format_summary
@@ -129,7 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
     from dynalens.ib.reproduce import REPRODUCTIONS
 
     p = sub.add_parser("reproduce", help="reproduce a paper's figure")
-    p.add_argument("name", choices=sorted([*REPRODUCTIONS, "mccandlish"]), help="which paper")
+    p.add_argument(
+        "name", choices=sorted([*REPRODUCTIONS, "mccandlish", "posthoc-cbm"]), help="which paper"
+    )
     p.add_argument("--out", default=None, help="output folder (default out/NAME)")
     p.add_argument("--quick", action="store_true", help="a small configuration (minutes)")
     p.add_argument("--epochs", type=int, default=None, help="training epochs (IB papers)")
