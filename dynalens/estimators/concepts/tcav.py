@@ -280,6 +280,13 @@ class TCAV:
         })  # fmt: skip
         return s
 
+    @staticmethod
+    def random_draws(n_pool: int, m: int, n_runs: int, seed: int) -> list[torch.Tensor]:
+        """Row indices (2m,) into the random pool for each run: A_r = the first m,
+        B_r = the last m (disjoint); what :meth:`fit` draws with ``seed``."""
+        g = torch.Generator().manual_seed(seed)
+        return [torch.randperm(n_pool, generator=g)[: 2 * m] for _ in range(n_runs)]
+
     def fit(self, concepts: Mapping[str, torch.Tensor], random: torch.Tensor) -> TCAV:
         """Train R concept-vs-random CAVs per concept and layer, and R random-vs-random
         CAVs per layer (``cavs_[layer][concept]``, ``null_cavs_[layer]``).
@@ -300,8 +307,7 @@ class TCAV:
                 f"random sets of {m}; pass at least {2 * m} random inputs or set n_random="
                 f"{len(random) // 2}."
             )
-        g = torch.Generator().manual_seed(s["seed"])
-        draws = [torch.randperm(len(random), generator=g)[: 2 * m] for _ in range(s["n_runs"])]
+        draws = self.random_draws(len(random), m, s["n_runs"], s["seed"])
         kw = {"method": s["method"], "C": s["C"], "test_size": s["test_size"],
               "balance": s["balance"], "seed": s["seed"]}  # fmt: skip
         self.cavs_: dict[str, dict[str, list[CAV]]] = {}
