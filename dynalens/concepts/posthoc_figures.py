@@ -47,7 +47,7 @@ def plot_accuracy(studies: dict[str, Any]) -> Any:
         width=1100,
     )
     fig.update_xaxes(title_text="model")
-    fig.update_yaxes(title_text="test accuracy", range=[0, 1], col=1)
+    fig.update_yaxes(title_text="test accuracy", range=[0, 1.03], col=1)
     return fig
 
 

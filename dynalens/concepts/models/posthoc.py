@@ -8,7 +8,8 @@ Any backbone f (an ``nn.Module``, or one of its layers) gives embeddings e = f(x
    concept and as many without (reference: 50 + 50; the rest is held out for the CAV's
    accuracy); one bank per C.
 2. Concept margins :math:`m_i(x) = (v_i^\top e(x) + b_i) / \lVert v_i \rVert`, standardised
-   with the head's training mean and sd, :math:`z = (m - \mu)/\sigma`.
+   with the head's training mean and sd, :math:`z = (m - \mu)/\sigma` (the reference fits
+   raw margins: ``standardize=False``, the default with ``solver="sgd"``).
 3. A sparse linear head :math:`g(z) = W z + c` (T × L) trained with the elastic net
 
    .. math:: \min_{W, c}\; \frac1n \sum_i \mathrm{CE}(W z_i + c, y_i)
@@ -36,7 +37,7 @@ import torch
 from torch import nn
 
 from dynalens._optional import require
-from dynalens._validation import check_float, check_int, check_option
+from dynalens._validation import check_bool, check_float, check_int, check_option
 from dynalens.errors import EstimatorRegimeError, InvalidInputError
 from dynalens.estimators.concepts._checks import as_binary_labels, as_class_labels, as_matrix
 from dynalens.estimators.concepts._layers import layer_activations
@@ -268,9 +269,14 @@ def fit_posthoc_cbm(
     alpha: float = 1e-5,
     l1_ratio: float = 0.99,
     solver: str = "proximal",
+    standardize: bool | None = None,
     seed: int = 0,
 ) -> PosthocCBM:
     """Fit the sparse head of a post-hoc CBM on ``bank``'s margins of ``backbone(x)``.
+
+    ``standardize`` (default: True for ``solver="proximal"``, False for ``"sgd"``, which
+    fits raw margins as the reference's ``train_pcbm.py`` does) standardises the margins
+    with their training mean and sd first; either way the model stores the transform.
 
     Examples:
         >>> import torch
@@ -287,7 +293,15 @@ def fit_posthoc_cbm(
     m = bank.margins(model.embed(x))
     labels = as_class_labels("y", y, n=len(m))
     t = int(labels.max()) + 1 if n_classes is None else check_int("n_classes", n_classes, min=2)
-    mean, sd = m.mean(0), m.std(0).clamp_min(1e-12)
+    if standardize is None:
+        standardize = solver == "proximal"
+    if check_bool("standardize", standardize):
+        mean, sd = m.mean(0), m.std(0).clamp_min(1e-12)
+    else:
+        mean, sd = (
+            torch.zeros(m.shape[1], dtype=torch.float64),
+            torch.ones(m.shape[1], dtype=torch.float64),
+        )
     w, b = fit_elastic_net_head((m - mean) / sd, labels, t, alpha=alpha, l1_ratio=l1_ratio,
                                 solver=solver, seed=seed)  # fmt: skip
     return PosthocCBM(backbone, bank, w, b, mean, sd, layer=layer)
