@@ -30,7 +30,7 @@ Global model edits (paper §5; no released code) live in
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -139,8 +139,8 @@ def learn_concept_bank(
                         method="svm", C=C, test_size=0.0, balance=False, seed=seed)  # fmt: skip
         rest = torch.cat([pos[n_samples:], neg[n_samples:]])
         acc = float(((cav.margin(e[rest]) > 0).double() == c[rest, j]).double().mean())
-        cavs.append(CAV(**{**cav.__dict__, "accuracy": acc, "settings": {**cav.settings,
-                         "n_samples": n_samples, "n_test": len(rest)}}))  # fmt: skip
+        settings = {**cav.settings, "n_samples": n_samples, "n_test": len(rest)}
+        cavs.append(replace(cav, accuracy=acc, settings=settings))
     return ConceptBank(tuple(cavs))
 
 

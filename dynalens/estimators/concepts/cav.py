@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -301,8 +301,3 @@ def train_cav(
         concept, [negative], layer=layer, name=name, method=method, C=C,
         test_size=test_size, balance=balance, seed=seed,
     )[0]  # fmt: skip
-
-
-def relabel(cav: CAV, concept: str) -> CAV:
-    """The same CAV under another concept name."""
-    return replace(cav, concept=concept)
