@@ -57,12 +57,14 @@ def plot_head_weights(studies: dict[str, Any]) -> Any:
 
     titles = [f"{name}: {which}" for name in studies for which in ("head", "background pruned")]
     fig = make_subplots(rows=len(studies), cols=2, subplot_titles=titles)
+    top = max(abs(v) for st in studies.values() for row in st["weights"]["head"] for v in row)
     for row, st in enumerate(studies.values(), start=1):
         w = st["weights"]
         for col, key in ((1, "head"), (2, "pruned")):
             fig.add_heatmap(
                 z=w[key], x=w["concepts"], y=[f"class {k}" for k in range(len(w[key]))],
-                colorscale="RdBu", zmid=0, showscale=row == 1 and col == 2, row=row, col=col,
+                colorscale="RdBu", zmin=-top, zmax=top, showscale=row == 1 and col == 2,
+                row=row, col=col,
             )  # fmt: skip
     fig.update_layout(
         title="Post-hoc CBM head weights on standardised concept margins", height=700, width=1100
