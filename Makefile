@@ -12,6 +12,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install -q -c constraints.txt torch==2.13.0
 	$(PY) -m pip install -q -c constraints.txt -e ".[dev]"
 	$(PY) -m pip install -q -c constraints.txt --no-deps backpack-for-pytorch
+	$(PY) -m pip install -q -c constraints.txt --no-deps captum
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -35,6 +36,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_gns.py
 	$(PY) benchmarks/bench_kernels.py
 	$(PY) benchmarks/bench_cbs.py
+	$(PY) benchmarks/bench_concepts_tcav.py
 	$(PY) benchmarks/summarize.py
 
 clean:

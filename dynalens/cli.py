@@ -92,6 +92,7 @@ OTHER_REPRODUCTIONS = {
     "mccandlish": ("dynalens.dynamics.mccandlish", "reproduce_mccandlish"),
     "induction-heads": ("dynalens.circuits.induction_heads", "reproduce_induction_heads"),
     "koh-interventions": ("dynalens.concepts.koh_interventions", "reproduce_koh_interventions"),
+    "posthoc-cbm": ("dynalens.concepts.posthoc_reproduce", "reproduce_posthoc_cbm"),
 }
 
 

@@ -18,19 +18,32 @@ from dynalens.concepts.models.sparse import (
     gumbel_topk_mask,
     l1_loss,
 )
+from dynalens.concepts.models.posthoc import (
+    ConceptBank,
+    PosthocCBM,
+    fit_posthoc_cbm,
+    learn_concept_bank,
+)
+from dynalens.concepts.models.posthoc_edit import finetune_head, prune_concepts
 
 __all__ = [
+    "ConceptBank",
     "ConceptBottleneckModel",
     "EnergyCBM",
     "FitHistory",
     "HybridCBM",
+    "PosthocCBM",
     "SparseCBM",
     "contrastive_loss",
+    "finetune_head",
     "fit_cbm",
     "fit_energy_cbm",
     "fit_hybrid",
+    "fit_posthoc_cbm",
     "fit_sparse_cbm",
     "gumbel_loss",
     "gumbel_topk_mask",
     "l1_loss",
+    "learn_concept_bank",
+    "prune_concepts",
 ]

@@ -1,4 +1,5 @@
-"""Concept-bottleneck metrics: accuracy / AUC / F1, intervention curves, impurity, leakage.
+"""Concept-bottleneck metrics: accuracy / AUC / F1, intervention curves, impurity, leakage,
+CAVs and TCAV.
 
 Every metric returns a :class:`ConceptResult` (value, per-concept values, interval, seed
 spread, settings). Class API (``__init__`` stores parameters, ``estimate`` computes) and a
@@ -18,6 +19,7 @@ from dynalens.estimators.concepts.bypass_share import (
     UndefinedShareWarning,
     bypass_share,
 )
+from dynalens.estimators.concepts.cav import CAV, train_cav, train_cavs
 from dynalens.estimators.concepts.concept_accuracy import (
     ConceptScores,
     UndefinedConceptWarning,
@@ -43,9 +45,18 @@ from dynalens.estimators.concepts.task_accuracy import (
     task_auc,
     task_f1,
 )
+from dynalens.estimators.concepts.tcav import (
+    TCAV,
+    TCAVReport,
+    directional_derivatives,
+    tcav,
+    tcav_scores,
+)
 
 __all__ = [
     "BypassShare",
+    "CAV",
+    "TCAV",
     "ConceptResult",
     "ConceptScores",
     "ConceptTask",
@@ -53,6 +64,7 @@ __all__ = [
     "InterventionCurve",
     "NicheImpurity",
     "OracleImpurity",
+    "TCAVReport",
     "TaskScores",
     "UndefinedConceptWarning",
     "UndefinedShareWarning",
@@ -61,6 +73,7 @@ __all__ = [
     "concept_auc",
     "concept_f1",
     "concept_task_leakage",
+    "directional_derivatives",
     "inter_concept_leakage",
     "intervention_curve",
     "niche_impurity_score",
@@ -69,4 +82,8 @@ __all__ = [
     "task_accuracy",
     "task_auc",
     "task_f1",
+    "tcav",
+    "tcav_scores",
+    "train_cav",
+    "train_cavs",
 ]
