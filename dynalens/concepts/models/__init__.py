@@ -10,6 +10,13 @@ from __future__ import annotations
 from dynalens.concepts.models.cbm import ConceptBottleneckModel, FitHistory, fit_cbm
 from dynalens.concepts.models.energy import EnergyCBM, fit_energy_cbm
 from dynalens.concepts.models.hybrid import HybridCBM, fit_hybrid
+from dynalens.concepts.models.posthoc import (
+    ConceptBank,
+    PosthocCBM,
+    fit_posthoc_cbm,
+    learn_concept_bank,
+)
+from dynalens.concepts.models.posthoc_edit import finetune_head, prune_concepts
 from dynalens.concepts.models.sparse import (
     SparseCBM,
     contrastive_loss,
@@ -18,13 +25,6 @@ from dynalens.concepts.models.sparse import (
     gumbel_topk_mask,
     l1_loss,
 )
-from dynalens.concepts.models.posthoc import (
-    ConceptBank,
-    PosthocCBM,
-    fit_posthoc_cbm,
-    learn_concept_bank,
-)
-from dynalens.concepts.models.posthoc_edit import finetune_head, prune_concepts
 
 __all__ = [
     "ConceptBank",

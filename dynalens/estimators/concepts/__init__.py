@@ -54,9 +54,9 @@ from dynalens.estimators.concepts.tcav import (
 )
 
 __all__ = [
-    "BypassShare",
     "CAV",
     "TCAV",
+    "BypassShare",
     "ConceptResult",
     "ConceptScores",
     "ConceptTask",
