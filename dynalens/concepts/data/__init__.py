@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dynalens.concepts.data.factors import CONCEPT_NAMES, GROUPS, ConceptData, Rule
+from dynalens.concepts.data.multi_shapes import make_multi_shapes
 from dynalens.concepts.data.shapes import make_shapes
 from dynalens.concepts.data.soft import soft_concepts
 from dynalens.concepts.data.tabular import make_tabular_concepts
@@ -12,6 +13,7 @@ __all__ = [
     "GROUPS",
     "ConceptData",
     "Rule",
+    "make_multi_shapes",
     "make_shapes",
     "make_tabular_concepts",
     "soft_concepts",

@@ -12,6 +12,7 @@ functional shortcut share one private implementation::
 from __future__ import annotations
 
 from dynalens.estimators.concepts._result import ConceptResult
+from dynalens.estimators.concepts.activation_maps import coam, concept_activation_maps
 from dynalens.estimators.concepts.concept_accuracy import (
     ConceptScores,
     UndefinedConceptWarning,
@@ -19,6 +20,12 @@ from dynalens.estimators.concepts.concept_accuracy import (
     concept_auc,
     concept_f1,
 )
+from dynalens.estimators.concepts.concept_existence import ConceptExistence, concept_existence
+from dynalens.estimators.concepts.concept_importance import (
+    ConceptGlobalImportance,
+    concept_global_importance,
+)
+from dynalens.estimators.concepts.concept_location import ConceptLocation, concept_location
 from dynalens.estimators.concepts.interventions import (
     InterventionCurve,
     intervention_curve,
@@ -39,6 +46,9 @@ from dynalens.estimators.concepts.task_accuracy import (
 )
 
 __all__ = [
+    "ConceptExistence",
+    "ConceptGlobalImportance",
+    "ConceptLocation",
     "ConceptResult",
     "ConceptScores",
     "ConceptTaskLeakage",
@@ -47,9 +57,14 @@ __all__ = [
     "OracleImpurity",
     "TaskScores",
     "UndefinedConceptWarning",
+    "coam",
     "concept_accuracy",
+    "concept_activation_maps",
     "concept_auc",
+    "concept_existence",
     "concept_f1",
+    "concept_global_importance",
+    "concept_location",
     "concept_task_leakage",
     "inter_concept_leakage",
     "intervention_curve",
