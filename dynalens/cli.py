@@ -86,6 +86,13 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _reproduce(args: argparse.Namespace) -> int:
+    if args.name == "concept-location":
+        from dynalens.concepts.location_reproduction import reproduce_concept_location
+
+        res = reproduce_concept_location(args.out, quick=args.quick)
+        print(res["summary"])
+        print("files:\n  " + "\n  ".join(map(str, res["files"])))
+        return 0
     if args.name == "mccandlish":
         from dynalens.dynamics.mccandlish import reproduce_mccandlish
 
@@ -129,7 +136,11 @@ def build_parser() -> argparse.ArgumentParser:
     from dynalens.ib.reproduce import REPRODUCTIONS
 
     p = sub.add_parser("reproduce", help="reproduce a paper's figure")
-    p.add_argument("name", choices=sorted([*REPRODUCTIONS, "mccandlish"]), help="which paper")
+    p.add_argument(
+        "name",
+        choices=sorted([*REPRODUCTIONS, "mccandlish", "concept-location"]),
+        help="which paper",
+    )
     p.add_argument("--out", default=None, help="output folder (default out/NAME)")
     p.add_argument("--quick", action="store_true", help="a small configuration (minutes)")
     p.add_argument("--epochs", type=int, default=None, help="training epochs (IB papers)")

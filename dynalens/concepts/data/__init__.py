@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dynalens.concepts.data.digits import DigitConcepts, load_digit_concepts
 from dynalens.concepts.data.factors import CONCEPT_NAMES, GROUPS, ConceptData, Rule
 from dynalens.concepts.data.multi_shapes import make_multi_shapes
 from dynalens.concepts.data.shapes import make_shapes
@@ -12,7 +13,9 @@ __all__ = [
     "CONCEPT_NAMES",
     "GROUPS",
     "ConceptData",
+    "DigitConcepts",
     "Rule",
+    "load_digit_concepts",
     "make_multi_shapes",
     "make_shapes",
     "make_tabular_concepts",

@@ -20,6 +20,10 @@ from dynalens.estimators.concepts.concept_accuracy import (
     concept_auc,
     concept_f1,
 )
+from dynalens.estimators.concepts.concept_alignment import (
+    ConceptAlignment,
+    concept_alignment_score,
+)
 from dynalens.estimators.concepts.concept_existence import ConceptExistence, concept_existence
 from dynalens.estimators.concepts.concept_importance import (
     ConceptGlobalImportance,
@@ -46,6 +50,7 @@ from dynalens.estimators.concepts.task_accuracy import (
 )
 
 __all__ = [
+    "ConceptAlignment",
     "ConceptExistence",
     "ConceptGlobalImportance",
     "ConceptLocation",
@@ -60,6 +65,7 @@ __all__ = [
     "coam",
     "concept_accuracy",
     "concept_activation_maps",
+    "concept_alignment_score",
     "concept_auc",
     "concept_existence",
     "concept_f1",
