@@ -27,12 +27,15 @@ def plot_concept_location(
     kinds: Sequence[str],
     pairs: Sequence[tuple[int, int]],
 ) -> Any:
-    """Top: each score (95 % bootstrap interval) against ρ. Bottom: a test image holding
+    """Top: each score (95 % bootstrap interval) against ρ (instance-level labels: lines;
+    other annotations: open diamonds). Bottom: a test image holding
     both members of the first pair and the grad × input map of the first member's logit
     from the models trained at the lowest and the highest ρ (object outlines dotted)."""
     go = require("plotly.graph_objects", "plot_concept_location")
     subplots = require("plotly.subplots", "plot_concept_location")
-    keys = sorted(runs, key=lambda r: runs[r]["rho"])
+    instance = [r for r in runs if runs[r]["annotation"] == "instance"] or list(runs)
+    keys = sorted(instance, key=lambda r: runs[r]["rho"])
+    other = [r for r in runs if r not in keys]
     a, b = pairs[0] if pairs else (0, 0)
     both = (test.c_full[:, a] == 1) & (test.c_full[:, b] == 1)
     i = int(both.nonzero()[0, 0]) if bool(both.any()) else 0
@@ -58,6 +61,20 @@ def plot_concept_location(
                          "array": [h - v for (_, h), v in zip(ivs, vals)],
                          "arrayminus": [v - lo_ for (lo_, _), v in zip(ivs, vals)]},
             ),
+            row=1, col=1,
+        )  # fmt: skip
+        if other:
+            diamonds = {"symbol": "diamond-open", "size": 12, "color": colour}
+            fig.add_trace(
+                go.Scatter(x=[runs[r]["rho"] for r in other],
+                           y=[runs[r][name]["value"] for r in other], mode="markers",
+                           marker=diamonds, name=label, showlegend=False),
+                row=1, col=1,
+            )  # fmt: skip
+    if other:  # one legend entry for the markers of the other annotation
+        fig.add_trace(
+            go.Scatter(x=[None], y=[None], mode="markers", name="open diamonds: class-level labels",
+                       marker={"symbol": "diamond-open", "size": 12, "color": "black"}),
             row=1, col=1,
         )  # fmt: skip
     chance = runs[lo]["pointing"].get("chance")

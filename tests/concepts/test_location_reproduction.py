@@ -18,7 +18,7 @@ def test_cli_quick_writes_store_figure_and_results(tmp_path: Path, capsys) -> No
     assert main(["reproduce", "concept-location", "--quick", "--out", str(tmp_path)]) == 0
     assert "pointing game" in capsys.readouterr().out
     res = json.loads((tmp_path / "results.json").read_text())
-    assert set(res["runs"]) == {"0", "1"}
+    assert set(res["runs"]) == {"instance_rho0", "instance_rho1", "class_rho0"}
     for run in res["runs"].values():
         for name in ("concept_accuracy", "ois", "pointing", "mass_own", "clm", "mass_partner"):
             low, high = run[name]["interval"]
@@ -28,8 +28,8 @@ def test_cli_quick_writes_store_figure_and_results(tmp_path: Path, capsys) -> No
     import dynalens
 
     store = dynalens.open_store(tmp_path / "store.zarr")
-    assert sorted(store.runs) == ["rho0", "rho1"]
-    scalars = store.select("rho1").scalars()
+    assert sorted(store.runs) == ["class_rho0", "instance_rho0", "instance_rho1"]
+    scalars = store.select("instance_rho1").scalars()
     assert "final/pointing" in scalars.columns and "concept_loss" in scalars.columns
 
 

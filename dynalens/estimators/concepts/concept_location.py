@@ -13,6 +13,10 @@ pixels; empty where the concept is absent). Per (image i, concept j) a hit score
   :math:`p_{ij}` is the mask pixel nearest the mask's centroid. Chance = ``region_frac``.
 - ``"pointing"`` (the pointing game; Zhang et al. 2018, used by Furby et al. 2024): hit iff
   the argmax pixel of :math:`F_{ij}` lies in :math:`M_{ij}`. Chance = mask area / HW.
+- ``"distance"``: the pointing distance of the authors' earlier code
+  (``JackFurby/explainable-concept-bottleneck-models: pointing_game.py``), the Euclidean
+  pixel distance from the argmax of :math:`F_{ij}` to the annotated point :math:`p_{ij}`
+  (lower is better; chance = the mean distance of all pixels to the point).
 - ``"region"``: the fraction of :math:`\Omega_{ij}` inside :math:`M_{ij}`. Chance = area / HW.
 - ``"mass"`` (default): the share of the positive saliency mass inside the mask,
   :math:`\sum_{M} F^+ / \sum F^+` (0 where the map has no positive mass, counted in
@@ -38,7 +42,7 @@ from dynalens.estimators.concepts._scores import bootstrap_interval
 
 __all__ = ["SCORES", "ConceptLocation", "concept_location"]
 
-SCORES = ("mass", "pointing", "region", "clm")
+SCORES = ("mass", "pointing", "region", "clm", "distance")
 
 
 class ConceptLocation:
@@ -46,7 +50,7 @@ class ConceptLocation:
 
     Parameters
     ----------
-    score : {"mass", "pointing", "region", "clm"}
+    score : {"mass", "pointing", "region", "clm", "distance"}
         The per-pair hit score (module docstring).
     region_frac : float in (0, 1]
         Size of the top region Ω as a fraction of the image (CLM's α/12; default 1/12).
@@ -82,7 +86,7 @@ class ConceptLocation:
     ) -> ConceptResult:
         """Location score of ``maps`` (n, k, H, W) against ``masks`` (n, k, H, W) bool.
         ``ranking`` (n, k) orders concepts for ``top_l``; ``points`` (n, k, 2) are the
-        annotated (row, column) locations for ``"clm"``."""
+        annotated (row, column) locations for ``"clm"`` and ``"distance"``."""
         score = check_option("score", self.score, SCORES)
         frac = check_float("region_frac", self.region_frac, min=0.0, max=1.0, min_inclusive=False)
         denominator = check_option("denominator", self.denominator, ("present", "all"))
@@ -124,7 +128,7 @@ class ConceptLocation:
                 "denominator": denominator, "n_boot": n_boot, "seed": seed,
             },
             details={
-                "chance": float(chance[counted].mean()) if score != "clm" else frac,
+                "chance": frac if score == "clm" else float(chance[counted].mean()),
                 "hits": hit, "weights": weight, "n_pairs": int(counted.sum()),
                 "n_flat": int((n_flat & counted).sum()),
             },
@@ -200,6 +204,14 @@ def _hits(
         hit = torch.where(n_flat, torch.zeros_like(hit), hit)
     elif score == "pointing":
         hit = mflat.gather(2, flat.argmax(2, keepdim=True))[..., 0].to(torch.float64)
+    elif score == "distance":
+        p = _mask_points(m) if points is None else _check_points(points, n, k, h, w)
+        arg = flat.argmax(2)
+        hit = ((arg // w - p[..., 0]) ** 2 + (arg % w - p[..., 1]) ** 2).to(torch.float64).sqrt()
+        rows = torch.arange(h, dtype=torch.float64)[:, None]
+        cols = torch.arange(w, dtype=torch.float64)[None, :]
+        py, px = p[..., 0, None, None].double(), p[..., 1, None, None].double()
+        area = ((rows - py) ** 2 + (cols - px) ** 2).sqrt().mean((2, 3))  # chance distance
     else:
         top = flat.topk(region, dim=2).indices
         if score == "region":

@@ -35,6 +35,8 @@ def test_mask_reader_scores_one_and_background_reader_zero(data, score) -> None:
     on = concept_activation_maps(_reader(data.masks, True), data.x, method="grad_x_input")
     off = concept_activation_maps(_reader(data.masks, False), data.x, method="grad_x_input")
     hit = location(on, data.masks, score=score, region_frac=3 / 12, n_boot=50)
+    # a flat map's argmax is the object's first pixel: within a radius (5.6 px) + 1 of the point
+    assert location(on, data.masks, score="distance", n_boot=0).value < 6.6
     miss = location(off, data.masks, score=score, region_frac=3 / 12, n_boot=50)
     assert hit.value == pytest.approx(1.0) and hit.interval[0] == pytest.approx(1.0)
     assert miss.value == pytest.approx(0.0, abs=1e-12)
@@ -69,6 +71,19 @@ def test_region_fraction_is_counted_exactly() -> None:
     assert (
         location(maps, masks, score="clm", region_frac=4 / 16, points=points, n_boot=0).value == 1
     )
+
+
+def test_pointing_distance_exact() -> None:
+    masks = torch.zeros(1, 1, 3, 4, dtype=torch.bool)
+    masks[0, 0, 0, 0] = True
+    maps = torch.zeros(1, 1, 3, 4)
+    maps[0, 0, 2, 3] = 1.0  # argmax at (2, 3); the point is the one mask pixel (0, 0)
+    res = location(maps, masks, score="distance", n_boot=0)
+    assert res.value == pytest.approx(13**0.5)
+    dists = [((r**2 + c**2) ** 0.5) for r in range(3) for c in range(4)]
+    assert res.details["chance"] == pytest.approx(sum(dists) / 12)
+    points = torch.tensor([[[2, 1]]])
+    assert location(maps, masks, score="distance", points=points, n_boot=0).value == 2.0
 
 
 def test_top_l_and_denominator() -> None:
