@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dynalens.concepts import make_tabular_concepts
+from dynalens.concepts import make_tabular_concepts, soft_concepts
 from dynalens.concepts.data.factors import Rule
 from dynalens.errors import InvalidInputError, InvalidParameterError
 from dynalens.estimators.concepts import concept_existence, concept_global_importance
@@ -107,3 +107,16 @@ def test_bad_input() -> None:
         concept_global_importance(torch.zeros(2, 3), c, torch.tensor([0, 1]))
     with pytest.raises(InvalidInputError, match="binary"):
         concept_existence(c, torch.eye(2), c * 0.5)
+
+
+def test_cem_falls_as_concept_scores_leak_other_concepts() -> None:
+    data = make_tabular_concepts(3000, seed=5)
+    theta = _head(data.c, data.y, 4)[:-1]
+    values = [
+        concept_existence(
+            soft_concepts(data.c, signal=2.0, noise=0.5, leak=leak, seed=0), theta, data.c,
+            n_boot=0,
+        ).value
+        for leak in (0.0, 1.5, 3.0)
+    ]  # fmt: skip
+    assert values[0] > values[1] > values[2]
