@@ -19,8 +19,10 @@ Reference quirks, reproduced with ``compat="cem"``: the grid ``linspace(2, n, n_
 ends at :math:`n_c = n`, where every cluster is one point and homogeneity is 1 (biasing the
 score up), and the 'heuristic' initialisation puts every medoid in the densest mode of
 repeated values (so even :math:`r_j = c_j` is not scored 1). Defaults: the grid ends at
-n/2, k-medoids++ initialisation (seeded), own torch k-medoids (no scikit-learn-extra, which
-does not install beside numpy 2). Memory is O(n²): the score is computed on
+n/2, k-medoids++ initialisation (seeded; each cluster count on the grid starts from the
+previous count's medoids and draws only the new ones), own torch k-medoids (no
+scikit-learn-extra, which does not install beside numpy 2); scalar representations use
+the O(n log n) line version. Memory is O(n²) otherwise: the score is computed on
 ``n_subsamples`` seeded subsamples of at most ``max_samples`` rows; ``value`` is their mean
 and ``interval`` the 2.5-97.5 % quantiles of the subsample values (the seed spread).
 """
@@ -36,7 +38,7 @@ import torch
 from dynalens._validation import check_int, check_option
 from dynalens.errors import InvalidInputError
 from dynalens.estimators.concepts._checks import as_binary_labels, as_class_labels, as_matrix
-from dynalens.estimators.concepts._kmedoids import homogeneity, kmedoids
+from dynalens.estimators.concepts._kmedoids import homogeneity, kmedoids, kmedoids_1d
 from dynalens.estimators.concepts._result import ConceptResult, seed_spread
 
 __all__ = ["ConceptAlignment", "concept_alignment_score"]
@@ -106,12 +108,15 @@ class ConceptAlignment:
             task, null = [], []
             for j in range(k):
                 r = reps[j][rows]
-                dist = torch.cdist(r, r)
+                scalar = r.shape[1] == 1  # on a line: O(n log n), no distance matrix
+                data = r[:, 0] if scalar else torch.cdist(r, r)
+                cluster = kmedoids_1d if scalar else kmedoids
                 perm = c[rows, j][torch.randperm(m, generator=g)]
                 hc, hy, h0 = [], [], []
+                medoids = None
                 for nc in grid:
-                    clusters, _ = kmedoids(dist, int(nc), init=init, max_iter=max_iter,
-                                           seed=seed + s)  # fmt: skip
+                    clusters, medoids = cluster(data, int(nc), init=init, max_iter=max_iter,
+                                                seed=seed + s, start=medoids)  # fmt: skip
                     hc.append(homogeneity(c[rows, j].long(), clusters))
                     h0.append(homogeneity(perm.long(), clusters))
                     if labels is not None:

@@ -10,7 +10,7 @@ import torch
 from dynalens.concepts import soft_concepts
 from dynalens.errors import InvalidInputError
 from dynalens.estimators.concepts import concept_alignment_score
-from dynalens.estimators.concepts._kmedoids import homogeneity, kmedoids
+from dynalens.estimators.concepts._kmedoids import homogeneity, kmedoids, kmedoids_1d
 
 
 def test_homogeneity_equals_sklearn() -> None:
@@ -78,3 +78,26 @@ def test_bad_input() -> None:
         concept_alignment_score(torch.zeros(10, 3), c)
     with pytest.raises(InvalidInputError, match="binary"):
         concept_alignment_score(c, c + 0.5)
+
+
+def test_kmedoids_on_a_line_is_a_fixed_point_of_the_matrix_version() -> None:
+    """On a line an even cluster has two medians of exactly equal cost, so the two
+    implementations may break ties differently and reach different local optima; what
+    must hold: the same assignment from the same medoids, and a fixed point of the
+    alternate update (nearest-medoid labels, each medoid its cluster's minimiser)."""
+    g = torch.Generator().manual_seed(5)
+    x = torch.cat([torch.randn(60, generator=g), 4 + torch.randn(40, generator=g)]).double()
+    dist = torch.cdist(x[:, None], x[:, None])
+    for nc in (2, 5, 11):
+        start = torch.randperm(100, generator=g)[:nc]
+        ref, _ = kmedoids(dist, nc, init="k-medoids++", start=start, max_iter=0)
+        fast, _ = kmedoids_1d(x, nc, init="k-medoids++", start=start, max_iter=0)
+        assert torch.equal(ref, fast)
+    for init in ("k-medoids++", "heuristic"):
+        for nc in (2, 5, 11):
+            labels, medoids = kmedoids_1d(x, nc, init=init, seed=1)
+            assert torch.equal(labels, dist[:, medoids].argmin(1))
+            for c, m in enumerate(medoids):
+                members = (labels == c).nonzero().flatten()
+                sums = dist[members][:, members].sum(1)
+                assert float(sums.min()) == pytest.approx(float(dist[m, members].sum()))
