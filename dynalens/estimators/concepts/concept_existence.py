@@ -93,7 +93,13 @@ class ConceptExistence:
         if y_pred is None:
             logits = u @ theta
             if head_bias is not None:
-                logits = logits + as_matrix("head_bias", head_bias).reshape(1, -1)
+                bias = as_matrix("head_bias", head_bias).reshape(1, -1)
+                if bias.shape[1] != theta.shape[1]:
+                    raise InvalidInputError(
+                        f"head_bias must hold T = {theta.shape[1]} entries (one per class of "
+                        f"head_weight (k, T)); got {bias.shape[1]}."
+                    )
+                logits = logits + bias
             pred = logits.argmax(1)
         else:
             pred = as_class_labels("y_pred", y_pred, n=n)
@@ -112,8 +118,8 @@ class ConceptExistence:
         contribution = theta[:, cls].T * u
         top = contribution.topk(top_l, dim=1).indices
         lam = c.gather(1, top).mean(1)
-        correct = None if truth is None else pred == truth
-        rows = torch.arange(n) if subset == "all" else correct.nonzero().flatten()  # type: ignore[union-attr]
+        correct = torch.ones(n, dtype=torch.bool) if truth is None else pred == truth
+        rows = torch.arange(n) if subset == "all" else correct.nonzero().flatten()
         if rows.numel() == 0:
             raise InvalidInputError("subset='correct' is empty: no image is classified right.")
         lam_s = lam[rows]
@@ -138,8 +144,8 @@ class ConceptExistence:
                     "n_boot": n_boot, "seed": seed},
             details={
                 "all": float(lam.mean()),
-                "correct": float(lam[correct].mean()) if correct is not None and correct.any()
-                else float("nan"),
+                "correct": float(lam[correct].mean())
+                if truth is not None and correct.any() else float("nan"),
                 "chance": float(c[rows].mean()),
                 "per_image": lam,
                 "top_concepts": top,

@@ -25,7 +25,8 @@ pixels; empty where the concept is absent). Per (image i, concept j) a hit score
 Which pairs count: every present concept (non-empty mask); or, with ``ranking`` (n, k)
 (e.g. :math:`\theta_{j,k}\hat u_{ij}` for the predicted class, as CLM@l does) and
 ``top_l``, each image's top-l concepts, an absent one skipped (``denominator="present"``)
-or a miss (``"all"``). Value: mean hit over counted pairs; per concept: the same per
+or a miss (``"all"``; not for ``"distance"``). The masks define presence (points alone
+do not). Value: mean hit over counted pairs; per concept: the same per
 column; interval: percentile bootstrap over images (maps fixed).
 """
 
@@ -36,7 +37,7 @@ from typing import Any
 import torch
 
 from dynalens._validation import check_float, check_int, check_option
-from dynalens.errors import InvalidInputError
+from dynalens.errors import InvalidInputError, InvalidParameterError
 from dynalens.estimators.concepts._result import ConceptResult
 from dynalens.estimators.concepts._scores import bootstrap_interval
 
@@ -92,6 +93,11 @@ class ConceptLocation:
         denominator = check_option("denominator", self.denominator, ("present", "all"))
         n_boot = check_int("n_boot", self.n_boot, min=0)
         seed = check_int("seed", self.seed)
+        if score == "distance" and denominator == "all":
+            raise InvalidParameterError(
+                "score='distance' has no value for an absent concept, so it cannot count "
+                "absent top-l concepts as misses; use denominator='present'."
+            )
         f, m = _check_maps(maps, masks)
         n, k, h, w = f.shape
         present = m.flatten(2).any(2)
@@ -104,7 +110,8 @@ class ConceptLocation:
                 "no (image, concept) pair to score: every mask is empty (or every top-l "
                 "concept is absent). Pass masks of present concepts."
             )
-        hit = torch.where(weight > 0, hit, torch.zeros_like(hit))
+        # an absent concept (empty mask) counted by denominator="all" is a miss
+        hit = torch.where((weight > 0) & present, hit, torch.zeros_like(hit))
 
         def stat(rows: torch.Tensor) -> float:
             return float((hit[rows] * weight[rows]).sum() / weight[rows].sum().clamp_min(1e-300))

@@ -96,6 +96,13 @@ def test_top_l_and_denominator() -> None:
     assert location(maps, masks, denominator="all", **kw).value == 0.5
     with pytest.raises(InvalidInputError, match="ranking"):
         location(maps, masks, top_l=1, n_boot=0)
+    # an absent top concept is a miss for every score, even where its map peaks at (0, 0)
+    peaked = maps.clone()
+    peaked[:, 1, 0, 0] = 5.0  # the absent concept's map peaks at the (0, 0) default point
+    kw["score"] = "clm"
+    assert location(peaked, masks, denominator="all", region_frac=4 / 16, **kw).value == 0.5
+    with pytest.raises(InvalidParameterError, match="denominator"):
+        location(maps, masks, denominator="all", **{**kw, "score": "distance"})
 
 
 def test_gradients_of_a_linear_model_are_exact() -> None:
