@@ -90,7 +90,7 @@ def load_digit_concepts(*, concept_noise: float = 0.0, seed: int = 0) -> DigitCo
 
     Examples
     --------
-    >>> data = load_digit_concepts()  # doctest: +SKIP
+    >>> data = load_digit_concepts()
     >>> data.x.shape, data.c.shape
     (torch.Size([1797, 1, 8, 8]), torch.Size([1797, 8]))
     """
