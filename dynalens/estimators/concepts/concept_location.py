@@ -44,6 +44,7 @@ from dynalens.estimators.concepts._scores import bootstrap_interval
 __all__ = ["SCORES", "ConceptLocation", "concept_location"]
 
 SCORES = ("mass", "pointing", "region", "clm", "distance")
+_CHUNK = 256
 
 
 class ConceptLocation:
@@ -104,7 +105,14 @@ class ConceptLocation:
         weight = present.to(torch.float64)
         if ranking is not None or self.top_l is not None:
             weight = _top_l_weights(ranking, self.top_l, present, denominator, n, k)
-        hit, chance, n_flat = _hits(f, m, score, max(1, round(frac * h * w)), points)
+        region = max(1, round(frac * h * w))
+        p = None if points is None else _check_points(points, n, k, h, w)
+        parts = [  # chunks of images: temporaries stay small
+            _hits(f[s : s + _CHUNK], m[s : s + _CHUNK], score, region,
+                  None if p is None else p[s : s + _CHUNK])
+            for s in range(0, n, _CHUNK)
+        ]  # fmt: skip
+        hit, chance, n_flat = (torch.cat(t) for t in zip(*parts))
         if float(weight.sum()) == 0:
             raise InvalidInputError(
                 "no (image, concept) pair to score: every mask is empty (or every top-l "
@@ -158,7 +166,9 @@ def concept_location(maps: Any, masks: Any, **kwargs: Any) -> ConceptResult:
 
 
 def _check_maps(maps: Any, masks: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    f = torch.as_tensor(maps).detach().to("cpu", torch.float64)
+    f = torch.as_tensor(maps).detach().to("cpu")
+    # float32 maps stay float32 (n k H W values can be large); sums are taken in float64
+    f = f if f.dtype in (torch.float32, torch.float64) else f.to(torch.float32)
     m = torch.as_tensor(masks).detach().to("cpu")
     if f.ndim != 4 or f.shape != m.shape or f.shape[0] == 0:
         raise InvalidInputError(
@@ -170,7 +180,8 @@ def _check_maps(maps: Any, masks: Any) -> tuple[torch.Tensor, torch.Tensor]:
         if bool(((m != 0) & (m != 1)).any()):
             raise InvalidInputError("masks must be boolean (or 0/1); got other values.")
         m = m.bool()
-    if not bool(torch.isfinite(f).all()):
+    # one reduction first: a NaN or inf makes the sum non-finite (exact check only then)
+    if not bool(torch.isfinite(f.sum())) and not bool(torch.isfinite(f).all()):
         raise InvalidInputError(
             f"maps contain {int((~torch.isfinite(f)).sum())} NaN or infinite values; "
             "recompute them (a saliency of a non-finite logit is undefined)."
@@ -197,34 +208,37 @@ def _top_l_weights(
 
 
 def _hits(
-    f: torch.Tensor, m: torch.Tensor, score: str, region: int, points: Any
+    f: torch.Tensor, m: torch.Tensor, score: str, region: int, points: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-pair hit (n, k), chance (n, k) and a flag of maps without positive mass."""
-    n, k, h, w = f.shape
+    """Per-pair hit (n, k), chance (n, k) and (for ``"mass"``) a flag of maps without
+    positive mass."""
+    h, w = f.shape[-2:]
     flat, mflat = f.flatten(2), m.flatten(2)
     area = mflat.sum(2).to(torch.float64) / (h * w)
-    pos = flat.clamp_min(0)
-    total = pos.sum(2)
-    n_flat = total <= 0
+    n_flat = torch.zeros(area.shape, dtype=torch.bool)
     if score == "mass":
-        hit = (pos * mflat).sum(2) / total.clamp_min(1e-300)
+        pos = flat.clamp_min(0)
+        total = pos.sum(2, dtype=torch.float64)
+        n_flat = total <= 0
+        hit = (pos * mflat).sum(2, dtype=torch.float64) / total.clamp_min(1e-300)
         hit = torch.where(n_flat, torch.zeros_like(hit), hit)
     elif score == "pointing":
         hit = mflat.gather(2, flat.argmax(2, keepdim=True))[..., 0].to(torch.float64)
     elif score == "distance":
-        p = _mask_points(m) if points is None else _check_points(points, n, k, h, w)
+        p = _mask_points(m) if points is None else points
         arg = flat.argmax(2)
         hit = ((arg // w - p[..., 0]) ** 2 + (arg % w - p[..., 1]) ** 2).to(torch.float64).sqrt()
-        rows = torch.arange(h, dtype=torch.float64)[:, None]
-        cols = torch.arange(w, dtype=torch.float64)[None, :]
-        py, px = p[..., 0, None, None].double(), p[..., 1, None, None].double()
-        area = ((rows - py) ** 2 + (cols - px) ** 2).sqrt().mean((2, 3))  # chance distance
+        rows = torch.arange(h, dtype=torch.float32)[:, None]
+        cols = torch.arange(w, dtype=torch.float32)[None, :]
+        py, px = p[..., 0, None, None].float(), p[..., 1, None, None].float()
+        d = ((rows - py) ** 2 + (cols - px) ** 2).sqrt()
+        area = d.sum((2, 3), dtype=torch.float64) / (h * w)  # chance distance
     else:
         top = flat.topk(region, dim=2).indices
         if score == "region":
             hit = mflat.gather(2, top).to(torch.float64).mean(2)
         else:
-            p = _mask_points(m) if points is None else _check_points(points, n, k, h, w)
+            p = _mask_points(m) if points is None else points
             index = (p[..., 0] * w + p[..., 1])[..., None]
             hit = (top == index).any(2).to(torch.float64)
     return hit, area, n_flat
@@ -233,9 +247,9 @@ def _hits(
 def _mask_points(m: torch.Tensor) -> torch.Tensor:
     """(n, k, 2) the mask pixel nearest each mask's centroid ((0, 0) for empty masks)."""
     h, w = m.shape[-2:]
-    rows = torch.arange(h, dtype=torch.float64)[:, None].expand(h, w)
-    cols = torch.arange(w, dtype=torch.float64)[None, :].expand(h, w)
-    mf = m.to(torch.float64)
+    rows = torch.arange(h, dtype=torch.float32)[:, None].expand(h, w)
+    cols = torch.arange(w, dtype=torch.float32)[None, :].expand(h, w)
+    mf = m.to(torch.float32)
     area = mf.sum((2, 3)).clamp_min(1)
     cy = (mf * rows).sum((2, 3)) / area
     cx = (mf * cols).sum((2, 3)) / area
