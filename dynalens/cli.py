@@ -93,6 +93,7 @@ OTHER_REPRODUCTIONS = {
     "induction-heads": ("dynalens.circuits.induction_heads", "reproduce_induction_heads"),
     "koh-interventions": ("dynalens.concepts.koh_interventions", "reproduce_koh_interventions"),
     "posthoc-cbm": ("dynalens.concepts.posthoc_reproduce", "reproduce_posthoc_cbm"),
+    "concept-location": ("dynalens.concepts.location_reproduction", "reproduce_concept_location"),
 }
 
 

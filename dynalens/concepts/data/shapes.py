@@ -32,6 +32,7 @@ from dynalens.concepts.data.factors import (
     factors_to_concepts,
     sample_factors,
 )
+from dynalens.concepts.data.objects import object_masks
 
 __all__ = ["make_shapes"]
 
@@ -80,15 +81,7 @@ def make_shapes(
     cy = cy + torch.randint(-jitter, jitter + 1, (n,), generator=g)
     cx = cx + torch.randint(-jitter, jitter + 1, (n,), generator=g)
     radius = torch.where(big == 1, size / 5.0, size / 8.0)
-    grid = torch.arange(size, dtype=torch.float32) + 0.5
-    dy = grid[None, :, None] - cy[:, None, None]
-    dx = grid[None, None, :] - cx[:, None, None]
-    r = radius[:, None, None]
-    circle = dy**2 + dx**2 <= r**2
-    square = (dy.abs() <= 0.85 * r) & (dx.abs() <= 0.85 * r)
-    triangle = (dy >= -r) & (dy <= r) & (dx.abs() <= (dy + r) / 2)
-    kind = shape[:, None, None]
-    obj = torch.where(kind == 0, circle, torch.where(kind == 1, square, triangle))
+    obj = object_masks(shape, cy, cx, radius, size)
 
     y_clean = rule.apply(c_full)
     levels = 0.05 + 0.1 * torch.arange(rule.n_classes, dtype=torch.float32) / max(

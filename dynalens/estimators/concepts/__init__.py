@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dynalens.estimators.concepts._intervention_engine import ConceptTask
 from dynalens.estimators.concepts._result import ConceptResult
+from dynalens.estimators.concepts.activation_maps import coam, concept_activation_maps
 from dynalens.estimators.concepts.bypass_share import (
     BypassShare,
     UndefinedShareWarning,
@@ -27,6 +28,16 @@ from dynalens.estimators.concepts.concept_accuracy import (
     concept_auc,
     concept_f1,
 )
+from dynalens.estimators.concepts.concept_alignment import (
+    ConceptAlignment,
+    concept_alignment_score,
+)
+from dynalens.estimators.concepts.concept_existence import ConceptExistence, concept_existence
+from dynalens.estimators.concepts.concept_importance import (
+    ConceptGlobalImportance,
+    concept_global_importance,
+)
+from dynalens.estimators.concepts.concept_location import ConceptLocation, concept_location
 from dynalens.estimators.concepts.interventions import (
     InterventionCurve,
     intervention_curve,
@@ -57,6 +68,10 @@ __all__ = [
     "CAV",
     "TCAV",
     "BypassShare",
+    "ConceptAlignment",
+    "ConceptExistence",
+    "ConceptGlobalImportance",
+    "ConceptLocation",
     "ConceptResult",
     "ConceptScores",
     "ConceptTask",
@@ -69,9 +84,15 @@ __all__ = [
     "UndefinedConceptWarning",
     "UndefinedShareWarning",
     "bypass_share",
+    "coam",
     "concept_accuracy",
+    "concept_activation_maps",
+    "concept_alignment_score",
     "concept_auc",
+    "concept_existence",
     "concept_f1",
+    "concept_global_importance",
+    "concept_location",
     "concept_task_leakage",
     "directional_derivatives",
     "inter_concept_leakage",
