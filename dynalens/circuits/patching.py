@@ -24,14 +24,14 @@ from dynalens.circuits._inputs import check_pair, check_positive
 from dynalens.circuits.metrics import Metric, check_per_example
 from dynalens.circuits.results import HEAD_COMPONENTS, Cell, PatchingResult
 from dynalens.errors import InvalidInputError, InvalidParameterError
+from dynalens.circuits.stacking import attach_cells, first_block, record_prefix, replaying
 from dynalens.probe.interventions import (
-    Intervention,
-    intervene,
+    check_eval_mode,
     logits_of,
     mean_activation,
     record_activations,
 )
-from dynalens.probe.interventions_sites import Backend, detect_backend
+from dynalens.probe.interventions_sites import Backend, EditingHooks, detect_backend
 
 MODES = ("denoising", "noising", "mean", "zero")
 
@@ -103,34 +103,43 @@ def run_cells(
     *,
     max_rows: int = 2048,
     backend: Backend | None = None,
+    reuse_prefix: bool = True,
 ) -> torch.Tensor:
     """Per-example metric values ``[cells, batch]`` of every cell patched into ``base``.
 
     ``sources[site]`` is the tensor (or ``"zero"``) each cell at that site takes its value
-    from; cells are stacked on the batch axis, ``max(1, max_rows // batch)`` per forward.
+    from; cells are stacked on the batch axis, ``max(1, max_rows // batch)`` per forward
+    (:mod:`dynalens.circuits.stacking`). With ``reuse_prefix`` cells are grouped by the
+    first block their site lies in and the blocks before it replay one base run instead of
+    computing (``start_at_layer``-style; exact, see the stacking module).
     """
     backend = backend or detect_backend(model)
+    check_eval_mode(model)
     b = base.shape[0]
     per_chunk = max(1, max_rows // b)
     out = torch.empty(len(cells), b, dtype=torch.float64)
-    for start in range(0, len(cells), per_chunk):
-        chunk = cells[start : start + per_chunk]
-        stacked = base.repeat(len(chunk), *([1] * (base.ndim - 1)))
-        interventions = [
-            Intervention(
-                cell.site,
-                sources[cell.site],
-                positions=cell.position,
-                heads=cell.head,
-                rows=range(i * b, (i + 1) * b),
-            )
-            for i, cell in enumerate(chunk)
-        ]
-        with intervene(model, interventions, backend=backend):
-            logits = logits_of(model(stacked))
-        for i in range(len(chunk)):
-            values = metric(logits[i * b : (i + 1) * b])
-            out[start + i] = check_per_example(values, b)
+    starts = first_block(backend, list(dict.fromkeys(c.site for c in cells)))
+    if not reuse_prefix:
+        starts = dict.fromkeys(starts, 0)
+    blocks = backend.blocks() or []
+    deepest = max(starts.values(), default=0)
+    prefix: list[object] = []
+    if deepest > 0:
+        prefix = record_prefix(model, base, backend, deepest)[1]
+    groups: dict[int, list[int]] = {}
+    for i, cell in enumerate(cells):
+        groups.setdefault(starts[cell.site], []).append(i)
+    for start_block, members in sorted(groups.items()):
+        for lo in range(0, len(members), per_chunk):
+            index = members[lo : lo + per_chunk]
+            chunk = [cells[i] for i in index]
+            stacked = base.repeat(len(chunk), *([1] * (base.ndim - 1)))
+            hooks = EditingHooks()
+            with hooks, replaying(blocks, prefix[:start_block], b, len(chunk)):
+                attach_cells(hooks, backend, chunk, sources)
+                logits = logits_of(model(stacked, **backend.forward_kwargs()))
+            for k, i in enumerate(index):
+                out[i] = check_per_example(metric(logits[k * b : (k + 1) * b]), b)
     return out
 
 

@@ -97,6 +97,14 @@ class HuggingFaceBackend(Backend):
     def virtual_sites(self) -> dict[str, SiteAccess]:
         return self._virtual
 
+    def blocks(self) -> list[nn.Module] | None:
+        return [block for _, block in self._blocks()]
+
+    def forward_kwargs(self) -> dict[str, Any]:
+        """No key/value cache: a patched run is one forward, and blocks replayed by prefix
+        reuse would leave gaps in a cache."""
+        return {"use_cache": False}
+
     def _instead(self, component: str) -> str:
         if component == "pattern":
             return (

@@ -269,6 +269,18 @@ class Backend:
     def site_names(self) -> list[str]:
         return [*self.virtual_sites(), *self._modules]
 
+    def blocks(self) -> list[nn.Module] | None:
+        """The transformer blocks in forward order (``None`` where the model does not say);
+        the batched patching engine replays the unchanged prefix through them."""
+        if self.n_layers is None:
+            return None
+        found = [self._modules.get(f"blocks.{i}") for i in range(self.n_layers)]
+        return None if any(b is None for b in found) else found  # type: ignore[return-value]
+
+    def forward_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of every forward the engines run (none for plain modules)."""
+        return {}
+
     def access(self, name: str) -> SiteAccess:
         """The access of one site, by exact name (globs belong to :func:`resolve_sites`).
 
