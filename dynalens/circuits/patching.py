@@ -24,14 +24,14 @@ from dynalens.circuits._inputs import check_pair, check_positive
 from dynalens.circuits.metrics import Metric, check_per_example
 from dynalens.circuits.results import HEAD_COMPONENTS, Cell, PatchingResult
 from dynalens.errors import InvalidInputError, InvalidParameterError
-from dynalens.circuits.stacking import attach_cells, first_block, record_prefix, replaying
+from dynalens.circuits.stacking import first_block, record_run, run_stacked
 from dynalens.probe.interventions import (
     check_eval_mode,
     logits_of,
     mean_activation,
     record_activations,
 )
-from dynalens.probe.interventions_sites import Backend, EditingHooks, detect_backend
+from dynalens.probe.interventions_sites import Backend, detect_backend
 
 MODES = ("denoising", "noising", "mean", "zero")
 
@@ -115,32 +115,17 @@ def run_cells(
     """
     backend = backend or detect_backend(model)
     check_eval_mode(model)
-    b = base.shape[0]
-    per_chunk = max(1, max_rows // b)
-    out = torch.empty(len(cells), b, dtype=torch.float64)
-    starts = first_block(backend, list(dict.fromkeys(c.site for c in cells)))
-    if not reuse_prefix:
-        starts = dict.fromkeys(starts, 0)
-    blocks = backend.blocks() or []
-    deepest = max(starts.values(), default=0)
-    prefix: list[object] = []
-    if deepest > 0:
-        prefix = record_prefix(model, base, backend, deepest)[1]
-    groups: dict[int, list[int]] = {}
-    for i, cell in enumerate(cells):
-        groups.setdefault(starts[cell.site], []).append(i)
-    for start_block, members in sorted(groups.items()):
-        for lo in range(0, len(members), per_chunk):
-            index = members[lo : lo + per_chunk]
-            chunk = [cells[i] for i in index]
-            stacked = base.repeat(len(chunk), *([1] * (base.ndim - 1)))
-            hooks = EditingHooks()
-            with hooks, replaying(blocks, prefix[:start_block], b, len(chunk)):
-                attach_cells(hooks, backend, chunk, sources)
-                logits = logits_of(model(stacked, **backend.forward_kwargs()))
-            for k, i in enumerate(index):
-                out[i] = check_per_example(metric(logits[k * b : (k + 1) * b]), b)
-    return out
+    check_positive("max_rows", max_rows)
+    return run_stacked(
+        model,
+        cells,
+        base,
+        sources,
+        metric,
+        backend=backend,
+        max_rows=max_rows,
+        reuse_prefix=reuse_prefix,
+    )
 
 
 def activation_patching(
@@ -210,27 +195,34 @@ def activation_patching(
         sites=sites,
     )
     b = clean.shape[0]
-    with torch.no_grad():
-        clean_m = check_per_example(metric(logits_of(model(clean))), b)
-        corrupt_m = (
-            None if corrupt is None else check_per_example(metric(logits_of(model(corrupt))), b)
-        )
     site_names = list(dict.fromkeys(c.site for c in cells))
     base = corrupt if mode == "denoising" else clean
+    other = clean if mode == "denoising" else corrupt  # the pair's other input, if any
     assert base is not None
+    deepest = max(first_block(backend, site_names).values(), default=0)
+    # one forward per input: metric baselines, sources and the prefix to replay together
+    base_run = record_run(model, base, backend, site_names, deepest)
+    base_m = check_per_example(metric(base_run.logits), b)
+    pair = mode in ("denoising", "noising")
+    other_run = None
+    if other is not None:
+        other_run = record_run(model, other, backend, site_names if pair else [], 0)
+    other_m = None if other_run is None else check_per_example(metric(other_run.logits), b)
+    clean_m, corrupt_m = (other_m, base_m) if mode == "denoising" else (base_m, other_m)
     sources: dict[str, torch.Tensor | str]
     if mode == "zero":
         sources = dict.fromkeys(site_names, "zero")
+    elif pair:
+        assert other_run is not None
+        sources = dict(other_run.acts)
     else:
-        source_input = {"denoising": clean, "noising": corrupt, "mean": reference}[mode]
-        if source_input is None:
-            source_input = clean
-        recorded = record_activations(model, source_input, site_names, backend=backend)
-        if mode == "mean":
-            sources = {k: mean_activation(v) for k, v in recorded.items()}
-        else:
-            sources = dict(recorded)
-    values = run_cells(model, cells, base, sources, metric, max_rows=max_rows, backend=backend)
+        recorded = base_run.acts
+        if reference is not None:
+            recorded = record_activations(model, reference, site_names, backend=backend)
+        sources = {k: mean_activation(v) for k, v in recorded.items()}
+    values = run_stacked(
+        model, cells, base, sources, metric, backend=backend, max_rows=max_rows, base_run=base_run
+    )
     labels = {
         "denoising": "denoising",
         "noising": "noising",
@@ -240,7 +232,7 @@ def activation_patching(
     return PatchingResult(
         cells=cells,
         values=values,
-        base=corrupt_m if mode == "denoising" else clean_m,  # type: ignore[arg-type]
+        base=base_m,
         clean=clean_m,
         corrupt=corrupt_m,
         mode=labels[mode],

@@ -27,13 +27,16 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
+from dynalens.circuits.metrics import Metric, check_per_example
 from dynalens.circuits.results import Cell
 from dynalens.errors import InvalidInputError
+from dynalens.probe.interventions import logits_of
 from dynalens.probe.interventions_sites import (
     Backend,
     EditingHooks,
@@ -70,50 +73,71 @@ def first_block(backend: Backend, sites: Sequence[str]) -> dict[str, int]:
     return found
 
 
-def _repeat_rows(value: Any, b: int, times: int) -> Any:
-    """Every tensor in ``value`` with ``b`` rows, repeated ``times`` times on the batch axis."""
+def _take_rows(value: Any, b: int, rows: torch.Tensor) -> Any:
+    """Every tensor in ``value`` with ``b`` rows, indexed by ``rows`` on the batch axis."""
     if isinstance(value, torch.Tensor):
-        if value.ndim and value.shape[0] == b:
-            return value.repeat(times, *([1] * (value.ndim - 1)))
-        return value
+        return value[rows] if value.ndim and value.shape[0] == b else value
     if isinstance(value, tuple) and not hasattr(value, "_fields"):
-        return tuple(_repeat_rows(v, b, times) for v in value)
+        return tuple(_take_rows(v, b, rows) for v in value)
     if isinstance(value, list):
-        return [_repeat_rows(v, b, times) for v in value]
+        return [_take_rows(v, b, rows) for v in value]
     return value
 
 
-def record_prefix(
-    model: nn.Module, base: torch.Tensor, backend: Backend, upto: int
-) -> tuple[Any, list[Any]]:
-    """One forward of ``base``: its output and the outputs of blocks ``0..upto-1``."""
+@dataclass
+class BaseRun:
+    """One unpatched forward: its logits, the outputs of the first blocks (to replay)
+    and the activations at the swept sites (to find the cells that change nothing)."""
+
+    logits: torch.Tensor
+    blocks: list[Any]
+    acts: dict[str, torch.Tensor]
+
+
+@torch.no_grad()
+def record_run(
+    model: nn.Module, inputs: torch.Tensor, backend: Backend, sites: Sequence[str], upto: int
+) -> BaseRun:
+    """One forward of ``inputs`` keeping its logits, the outputs of blocks ``0..upto-1``
+    and the activations at ``sites`` (in their declared axes)."""
     blocks = backend.blocks() or []
-    outputs: list[Any] = [None] * upto
+    outputs: list[Any] = [None] * min(upto, len(blocks))
+    acts: dict[str, torch.Tensor] = {}
     hooks = EditingHooks()
     with hooks:
-        for i in range(min(upto, len(blocks))):
+        for i in range(len(outputs)):
 
-            def keep(mod: nn.Module, args: tuple[Any, ...], out: Any, i: int = i) -> None:
+            def keep_block(mod: nn.Module, args: tuple[Any, ...], out: Any, i: int = i) -> None:
                 outputs[i] = out
 
-            hooks.on_forward(blocks[i], keep)
-        result = model(base, **backend.forward_kwargs())
-    return result, outputs
+            hooks.on_forward(blocks[i], keep_block)
+        for site in dict.fromkeys(sites):
+
+            def keep(act: torch.Tensor, site: str = site) -> torch.Tensor:
+                acts[site] = act.detach().clone()
+                return act
+
+            backend.access(site).attach(hooks, keep)
+        logits = logits_of(model(inputs, **backend.forward_kwargs()))
+    missing = [s for s in sites if s not in acts]
+    if missing:
+        raise InvalidInputError(
+            f"sites {missing} did not run in the forward pass of {type(model).__name__}."
+        )
+    return BaseRun(logits, outputs, acts)
 
 
 @contextmanager
-def replaying(
-    blocks: Sequence[nn.Module], outputs: Sequence[Any], b: int, times: int
-) -> Iterator[None]:
-    """Blocks ``0..len(outputs)-1`` return their recorded outputs, rows repeated
-    ``times`` times, instead of computing; their own ``forward`` is restored on exit."""
+def replaying(blocks: Sequence[nn.Module], outputs: Sequence[Any], b: int, rows: torch.Tensor):
+    """Blocks ``0..len(outputs)-1`` return their recorded outputs (rows ``rows`` of the
+    base run) instead of computing; their own ``forward`` is restored on exit."""
     saved = []
     try:
         for block, out in zip(blocks, outputs):
-            stacked = _repeat_rows(out, b, times)
+            taken = _take_rows(out, b, rows)
             saved.append((block, block.__dict__.get("forward")))
 
-            def replay(*args: Any, _out: Any = stacked, **kwargs: Any) -> Any:
+            def replay(*args: Any, _out: Any = taken, **kwargs: Any) -> Any:
                 return _out
 
             # the instance dict, past any __setattr__ a wrapper (transformer-lens) defines
@@ -127,86 +151,180 @@ def replaying(
                 block.__dict__["forward"] = old
 
 
-def _index_list(values: Sequence[int | None]) -> torch.Tensor:
-    return torch.tensor([-1 if v is None else v for v in values])
+class SiteCells:
+    """The cells at one site: ``[cells, size]`` selections of positions and heads, as
+    masks broadcastable against the site's activation (batch axis first)."""
 
+    def __init__(self, site: str, access: SiteAccess, cells: Sequence[Cell]) -> None:
+        self.site, self.access = site, access
+        self.positions = torch.tensor([-1 if c.position is None else c.position for c in cells])
+        self.heads = torch.tensor([-1 if c.head is None else c.head for c in cells])
 
-def _axis_mask(chosen: torch.Tensor, size: int, what: str, site: str) -> torch.Tensor:
-    """``[C, size]``: cell ``c`` selects entry ``j`` (``-1``: all entries)."""
-    bad = chosen[(chosen >= size) | (chosen < -1)]
-    if bad.numel():
-        raise InvalidInputError(
-            f"{what} {sorted(set(bad.tolist()))} out of range at site {site!r}, which has "
-            f"{size} {what} (0..{size - 1})."
-        )
-    return (chosen[:, None] == torch.arange(size)) | (chosen[:, None] == -1)
-
-
-def stacked_edit(
-    site: str,
-    access: SiteAccess,
-    source: Source,
-    cells: Sequence[tuple[int, int | None, int | None]],
-    n_cells: int,
-) -> Any:
-    """The edit of one site for a chunk of ``n_cells`` stacked cells; ``cells`` lists
-    ``(index in chunk, position, head)`` of the chunk's cells at this site."""
-    which = torch.tensor([c for c, _, _ in cells])
-    positions = _index_list([p for _, p, _ in cells])
-    heads = _index_list([h for _, _, h in cells])
-
-    def edit(act: torch.Tensor) -> torch.Tensor:
-        axes = access.axes(act.ndim)
-        mask = torch.ones(len(cells), *([1] * act.ndim), dtype=torch.bool)
+    def masks(self, shape: torch.Size) -> torch.Tensor:
+        """``[cells, 1, ...]`` bool: the entries each cell patches in one example."""
+        axes = self.access.axes(len(shape))
+        mask = torch.ones(len(self.positions), *([1] * len(shape)), dtype=torch.bool)
         for what, names, chosen in (
-            ("positions", ("pos", "query_pos"), positions),
-            ("heads", ("head",), heads),
+            ("positions", ("pos", "query_pos"), self.positions),
+            ("heads", ("head",), self.heads),
         ):
             dims = [i for i, a in enumerate(axes) if a in names]
             if not dims:
                 if bool((chosen >= 0).any()):
                     raise InvalidInputError(
-                        f"{what} were given, but site {site!r} has axes {axes} and no "
+                        f"{what} were given, but site {self.site!r} has axes {axes} and no "
                         f"{names[0]!r} axis; drop {what}= or choose a site with {names[0]}s."
                     )
                 continue
-            d = dims[0]
-            view = [len(cells)] + [1] * act.ndim
-            view[d + 1] = act.shape[d]
-            mask = mask & _axis_mask(chosen, act.shape[d], what, site).view(view)
-        full = torch.zeros(n_cells, *mask.shape[1:], dtype=torch.bool)
-        full[which] = mask
-        b = act.shape[0] // n_cells
-        rows = act.view(n_cells, b, *act.shape[1:])
-        if isinstance(source, str):
-            src = torch.zeros((), dtype=act.dtype, device=act.device)
-        else:
-            src = source.to(device=act.device, dtype=act.dtype)
-            if src.ndim != act.ndim or not _broadcasts(src.shape, (b, *act.shape[1:])):
+            size = shape[dims[0]]
+            bad = chosen[chosen >= size]
+            if bad.numel():
                 raise InvalidInputError(
-                    f"source for site {site!r} has shape {tuple(src.shape)}, which does not "
-                    f"fit the activation {(b, *act.shape[1:])} (batch equal or 1, other axes "
-                    "equal or 1). Clean and corrupt inputs must have the same shape."
+                    f"{what} {sorted(set(bad.tolist()))} out of range at site {self.site!r}, "
+                    f"which has {size} {what} (0..{size - 1})."
                 )
-        return torch.where(full.to(act.device), src, rows).view(act.shape)
+            view = [len(chosen)] + [1] * len(shape)
+            view[dims[0] + 1] = size
+            selected = (chosen[:, None] == torch.arange(size)) | (chosen[:, None] == -1)
+            mask = mask & selected.view(view)
+        return mask
+
+
+def source_tensor(source: Source, site: str, like: torch.Tensor, batch: int) -> torch.Tensor:
+    """The source of a site as a tensor broadcastable to ``like`` with ``batch`` rows."""
+    if isinstance(source, str):
+        return torch.zeros([1] * like.ndim, dtype=like.dtype, device=like.device)
+    src = source.to(device=like.device, dtype=like.dtype)
+    target = (batch, *like.shape[1:])
+    if src.ndim != like.ndim or not all(s in (1, t) for s, t in zip(src.shape, target)):
+        raise InvalidInputError(
+            f"source for site {site!r} has shape {tuple(src.shape)}, which does not fit the "
+            f"activation {target} (batch equal or 1, other axes equal or 1). "
+            "Clean and corrupt inputs must have the same shape."
+        )
+    return src
+
+
+def changed_rows(group: SiteCells, source: Source, base_act: torch.Tensor) -> torch.Tensor:
+    """``[cells, batch]`` bool: whether the cell writes a value different from the base
+    run's into that example. Where it does not, the patched run *is* the base run."""
+    src = source_tensor(source, group.site, base_act, base_act.shape[0])
+    differs = (src != base_act) & ~(src.isnan() & base_act.isnan())
+    mask = group.masks(base_act.shape)  # [cells, 1, ...]
+    for d in range(1, differs.ndim):  # axes no cell selects on: any entry counts
+        if mask.shape[d + 1] == 1:
+            differs = differs.any(d, keepdim=True)
+    return (differs.unsqueeze(0) & mask).flatten(2).any(-1)
+
+
+def stacked_edit(
+    group: SiteCells,
+    source: Source,
+    cell_of_row: torch.Tensor,
+    example_of_row: torch.Tensor,
+    batch: int,
+) -> Any:
+    """The edit of one site for stacked rows: row ``r`` is example ``example_of_row[r]``
+    under the site's cell ``cell_of_row[r]`` (``-1``: a cell at another site)."""
+
+    def edit(act: torch.Tensor) -> torch.Tensor:
+        src = source_tensor(source, group.site, act, batch)
+        if src.ndim and src.shape[0] != 1:
+            src = src[example_of_row]
+        masks = group.masks(act.shape)[:, 0]  # [cells, ...]
+        keep = torch.cat([torch.zeros_like(masks[:1]), masks])[cell_of_row + 1]
+        return torch.where(keep.to(act.device), src, act)
 
     return edit
 
 
-def _broadcasts(src: torch.Size, target: tuple[int, ...]) -> bool:
-    return all(s in (1, t) for s, t in zip(src, target))
-
-
-def attach_cells(
-    hooks: EditingHooks,
-    backend: Backend,
-    chunk: Sequence[Cell],
+def run_stacked(
+    model: nn.Module,
+    cells: Sequence[Cell],
+    base: torch.Tensor,
     sources: dict[str, Source],
+    metric: Metric,
+    *,
+    backend: Backend,
+    max_rows: int,
+    reuse_prefix: bool = True,
+    base_run: BaseRun | None = None,
+) -> torch.Tensor:
+    """Per-example metric values ``[cells, batch]``; see the module docstring."""
+    b = base.shape[0]
+    sites = list(dict.fromkeys(c.site for c in cells))
+    starts = first_block(backend, sites) if reuse_prefix else dict.fromkeys(sites, 0)
+    deepest = max(starts.values(), default=0)
+    if base_run is None or len(base_run.blocks) < deepest or set(sites) - set(base_run.acts):
+        base_run = record_run(model, base, backend, sites, deepest)
+    blocks = backend.blocks() or []
+    groups = {}
+    changed = torch.zeros(len(cells), b, dtype=torch.bool)
+    slot = torch.empty(len(cells), dtype=torch.long)  # index of a cell among its site's
+    for site in sites:
+        index = [i for i, c in enumerate(cells) if c.site == site]
+        groups[site] = SiteCells(site, backend.access(site), [cells[i] for i in index])
+        slot[index] = torch.arange(len(index))
+        changed[index] = changed_rows(groups[site], sources[site], base_run.acts[site])
+    base_values = check_per_example(metric(base_run.logits), b).to(torch.float64)
+    out = base_values.expand(len(cells), b).clone()
+    by_start: dict[int, list[int]] = {}
+    for i, c in enumerate(cells):
+        if bool(changed[i].any()):
+            by_start.setdefault(starts[c.site], []).append(i)
+    for start_block, members in sorted(by_start.items()):
+        chunk: list[int] = []
+        rows = 0
+        for n, i in enumerate(members):
+            chunk.append(i)
+            rows += int(changed[i].sum())
+            nxt = int(changed[members[n + 1]].sum()) if n + 1 < len(members) else 0
+            if n + 1 == len(members) or rows + nxt > max_rows:
+                _run_chunk(
+                    model, cells, chunk, changed, slot, groups, sources, metric, base, base_run,
+                    blocks[:start_block], backend, out,
+                )  # fmt: skip
+                chunk, rows = [], 0
+    return out
+
+
+def _run_chunk(
+    model: nn.Module,
+    cells: Sequence[Cell],
+    chunk: list[int],
+    changed: torch.Tensor,
+    slot: torch.Tensor,
+    groups: dict[str, SiteCells],
+    sources: dict[str, Source],
+    metric: Metric,
+    base: torch.Tensor,
+    base_run: BaseRun,
+    replayed: Sequence[nn.Module],
+    backend: Backend,
+    out: torch.Tensor,
 ) -> None:
-    """Attach one stacked edit per site of ``chunk`` to ``hooks``."""
-    by_site: dict[str, list[tuple[int, int | None, int | None]]] = {}
-    for i, cell in enumerate(chunk):
-        by_site.setdefault(cell.site, []).append((i, cell.position, cell.head))
-    for site, cells in by_site.items():
-        access = backend.access(site)
-        access.attach(hooks, stacked_edit(site, access, sources[site], cells, len(chunk)))
+    """One forward of the changed rows of ``chunk``'s cells; writes their metric values."""
+    b = base.shape[0]
+    examples = [changed[i].nonzero()[:, 0] for i in chunk]
+    example_of_row = torch.cat(examples)
+    owner = torch.cat([torch.full((len(e),), k) for k, e in enumerate(examples)])
+    hooks = EditingHooks()
+    with hooks, replaying(replayed, base_run.blocks, b, example_of_row):
+        for site, group in groups.items():
+            here = torch.tensor([cells[i].site == site for i in chunk])
+            if not bool(here.any()):
+                continue
+            in_site = torch.tensor([int(slot[i]) if cells[i].site == site else -1 for i in chunk])
+            edit = stacked_edit(group, sources[site], in_site[owner], example_of_row, b)
+            group.access.attach(hooks, edit)
+        logits = logits_of(model(base[example_of_row], **backend.forward_kwargs()))
+    start = 0
+    for k, i in enumerate(chunk):
+        n = len(examples[k])
+        if n == b:  # every example changed: the rows are in order
+            full = logits[start : start + n]
+        else:  # the others are the base run's
+            full = base_run.logits.clone()
+            full[examples[k]] = logits[start : start + n]
+        start += n
+        out[i] = check_per_example(metric(full), b)
