@@ -24,7 +24,7 @@ from dynalens.circuits._inputs import check_pair, check_positive
 from dynalens.circuits.metrics import Metric, check_per_example
 from dynalens.circuits.results import HEAD_COMPONENTS, Cell, PatchingResult
 from dynalens.errors import InvalidInputError, InvalidParameterError
-from dynalens.circuits.stacking import first_block, record_run, run_stacked
+from dynalens.circuits.stacking import first_block, record_run, run_stacked, split_run
 from dynalens.probe.interventions import (
     check_eval_mode,
     logits_of,
@@ -200,13 +200,14 @@ def activation_patching(
     other = clean if mode == "denoising" else corrupt  # the pair's other input, if any
     assert base is not None
     deepest = max(first_block(backend, site_names).values(), default=0)
-    # one forward per input: metric baselines, sources and the prefix to replay together
-    base_run = record_run(model, base, backend, site_names, deepest)
-    base_m = check_per_example(metric(base_run.logits), b)
+    # one forward of base and other stacked: metric baselines, sources and the prefix
     pair = mode in ("denoising", "noising")
-    other_run = None
-    if other is not None:
-        other_run = record_run(model, other, backend, site_names if pair else [], 0)
+    if other is None:
+        base_run, other_run = record_run(model, base, backend, site_names, deepest), None
+    else:
+        both = torch.cat([base, other])
+        base_run, other_run = split_run(record_run(model, both, backend, site_names, deepest), b)
+    base_m = check_per_example(metric(base_run.logits), b)
     other_m = None if other_run is None else check_per_example(metric(other_run.logits), b)
     clean_m, corrupt_m = (other_m, base_m) if mode == "denoising" else (base_m, other_m)
     sources: dict[str, torch.Tensor | str]

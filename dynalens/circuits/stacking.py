@@ -94,6 +94,19 @@ class BaseRun:
     acts: dict[str, torch.Tensor]
 
 
+def split_run(run: BaseRun, b: int) -> tuple[BaseRun, BaseRun]:
+    """A run of two inputs stacked on the batch axis (``b`` rows each) as two runs."""
+    first, second = torch.arange(b), torch.arange(b, 2 * b)
+    return tuple(  # type: ignore[return-value]
+        BaseRun(
+            run.logits[rows],
+            [_take_rows(out, 2 * b, rows) for out in run.blocks],
+            {k: v[rows] for k, v in run.acts.items()},
+        )
+        for rows in (first, second)
+    )
+
+
 @torch.no_grad()
 def record_run(
     model: nn.Module, inputs: torch.Tensor, backend: Backend, sites: Sequence[str], upto: int
