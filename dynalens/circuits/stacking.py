@@ -47,6 +47,24 @@ from dynalens.probe.interventions_sites import (
 Source = torch.Tensor | str
 
 
+def check_rows_independent(model: nn.Module) -> None:
+    """Refuse a model whose eval-mode forward mixes the rows of a batch (batch norm
+    without running statistics normalises with the batch's own): stacked cells and
+    replayed rows would then change each other's results."""
+    coupled = [
+        name
+        for name, m in model.named_modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is None
+    ]
+    if coupled:
+        raise InvalidInputError(
+            f"modules {coupled} normalise with batch statistics even in eval mode "
+            "(track_running_stats=False), so the rows of a batch are not independent and "
+            "batched patching would be wrong; use running statistics or patch one "
+            "example per forward with dynalens.probe.interventions.intervene."
+        )
+
+
 def _modules_of(access: SiteAccess) -> list[nn.Module] | None:
     """The modules an access hooks (``None``: unknown, so no prefix reuse)."""
     if isinstance(access, ResidMidAccess):
@@ -264,6 +282,7 @@ def run_stacked(
     base_run: BaseRun | None = None,
 ) -> torch.Tensor:
     """Per-example metric values ``[cells, batch]``; see the module docstring."""
+    check_rows_independent(model)
     b = base.shape[0]
     sites = list(dict.fromkeys(c.site for c in cells))
     starts = first_block(backend, sites) if reuse_prefix else dict.fromkeys(sites, 0)
