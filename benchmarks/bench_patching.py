@@ -101,7 +101,9 @@ def task(batch: int) -> tuple[torch.Tensor, torch.Tensor, Callable[[torch.Tensor
     g = torch.Generator().manual_seed(0)
     clean = torch.randint(0, VOCAB, (batch, T), generator=g)
     corrupt = clean.clone()
-    corrupt[:, CORRUPT_AT] = (clean[:, CORRUPT_AT] + 1 + torch.randint(0, VOCAB - 1, (batch,))) % VOCAB
+    corrupt[:, CORRUPT_AT] = (
+        clean[:, CORRUPT_AT] + 1 + torch.randint(0, VOCAB - 1, (batch,))
+    ) % VOCAB
     answer = torch.randint(0, VOCAB, (batch,), generator=g)
     wrong = (answer + 1) % VOCAB
     return clean, corrupt, logit_diff(answer, wrong)
@@ -252,7 +254,7 @@ def run_config(name: str, spec: dict[str, Any], rounds: int) -> dict[str, Any]:
             for m, fn in methods.items():
                 if m == "dynalens_loop" and m in best:  # the reference: timed once
                     continue
-                seconds, v = timed(lambda fn=fn: fn(sweep))  # type: ignore[misc]
+                seconds, v = timed(lambda fn=fn, sweep=sweep: fn(sweep))  # type: ignore[misc]
                 best[m] = min(best.get(m, float("inf")), seconds)
                 values[m] = v
         ref = values["dynalens_loop"]
@@ -280,7 +282,12 @@ def run_config(name: str, spec: dict[str, Any], rounds: int) -> dict[str, Any]:
             + f"  max err {max(err.values()):.1e}",
             flush=True,
         )
-    return {"spec": spec, "skipped": skipped, "sweeps": sweeps, "eap_ig": eap_vs_exact(ours, data, rounds)}
+    return {
+        "spec": spec,
+        "skipped": skipped,
+        "sweeps": sweeps,
+        "eap_ig": eap_vs_exact(ours, data, rounds),
+    }
 
 
 def eap_vs_exact(model: Any, data: tuple, rounds: int) -> dict[str, Any]:
@@ -327,9 +334,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="the smallest configuration only")
-    ap.add_argument(
-        "--out", default=str(Path(__file__).parent / "results" / "patching_cpu.json")
-    )
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "patching_cpu.json"))
     args = ap.parse_args()
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore")
@@ -351,8 +356,12 @@ def main() -> None:
     out = {
         "machine": info,
         "method": "min over interleaved rounds of process CPU time per full sweep, 1 thread",
-        "task": {"positions": T, "vocab": VOCAB, "corrupt_position": CORRUPT_AT,
-                 "metric": "logit difference at the last position, denoising"},  # fmt: skip
+        "task": {
+            "positions": T,
+            "vocab": VOCAB,
+            "corrupt_position": CORRUPT_AT,
+            "metric": "logit difference at the last position, denoising",
+        },
         "goals": {"vs_tl_helper": GOAL_TL, "vs_fastest_wrapper": GOAL_WRAPPER, "tol": TOL},
         "all_goals_met": all(
             r["goal_tl_met"] and r.get("goal_wrapper_met", True) and r["exact"] for r in rows

@@ -23,11 +23,10 @@ from torch import nn
 from dynalens.circuits._inputs import check_pair, check_positive
 from dynalens.circuits.metrics import Metric, check_per_example
 from dynalens.circuits.results import HEAD_COMPONENTS, Cell, PatchingResult
-from dynalens.errors import InvalidInputError, InvalidParameterError
 from dynalens.circuits.stacking import first_block, record_run, run_stacked, split_run
+from dynalens.errors import InvalidInputError, InvalidParameterError
 from dynalens.probe.interventions import (
     check_eval_mode,
-    logits_of,
     mean_activation,
     record_activations,
 )
@@ -210,6 +209,7 @@ def activation_patching(
     base_m = check_per_example(metric(base_run.logits), b)
     other_m = None if other_run is None else check_per_example(metric(other_run.logits), b)
     clean_m, corrupt_m = (other_m, base_m) if mode == "denoising" else (base_m, other_m)
+    assert clean_m is not None  # denoising has a clean input, the other modes run it
     sources: dict[str, torch.Tensor | str]
     if mode == "zero":
         sources = dict.fromkeys(site_names, "zero")

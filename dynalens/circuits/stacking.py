@@ -159,7 +159,9 @@ def record_run(
 
 
 @contextmanager
-def replaying(blocks: Sequence[nn.Module], outputs: Sequence[Any], b: int, rows: torch.Tensor):
+def replaying(
+    blocks: Sequence[nn.Module], outputs: Sequence[Any], b: int, rows: torch.Tensor
+) -> Iterator[None]:
     """Blocks ``0..len(outputs)-1`` return their recorded outputs (rows ``rows`` of the
     base run) instead of computing; their own ``forward`` is restored on exit."""
     saved = []

@@ -6,7 +6,13 @@ import pytest
 import torch
 from torch import nn
 
-from dynalens.circuits import ReferenceConfig, ReferenceTransformer, logit_diff, make_cells, run_cells
+from dynalens.circuits import (
+    ReferenceConfig,
+    ReferenceTransformer,
+    logit_diff,
+    make_cells,
+    run_cells,
+)
 from dynalens.circuits.stacking import first_block, replaying
 from dynalens.errors import InvalidInputError
 from dynalens.probe.interventions import Intervention, intervene, logits_of, record_activations
@@ -59,7 +65,9 @@ def test_reference_equals_loop_with_and_without_prefix_reuse(max_rows, corrupt_r
     model = reference()
     clean, corrupt, metric = pair(corrupt_rows=corrupt_rows)
     cells, fast = sweep(model, clean, corrupt, metric, COMPONENTS, max_rows=max_rows)
-    _, full = sweep(model, clean, corrupt, metric, COMPONENTS, max_rows=max_rows, reuse_prefix=False)
+    _, full = sweep(
+        model, clean, corrupt, metric, COMPONENTS, max_rows=max_rows, reuse_prefix=False
+    )
     ref = loop(model, cells, corrupt, clean, metric)
     assert (fast - ref).abs().max() <= 1e-6
     assert (full - ref).abs().max() <= 1e-6
@@ -71,8 +79,12 @@ def test_blocks_before_the_cells_layer_do_not_run():
     model = reference()
     clean, corrupt, metric = pair()
     calls = {"attn0": 0, "attn2": 0}
-    model.blocks[0].attn.register_forward_hook(lambda *a: calls.__setitem__("attn0", calls["attn0"] + 1))
-    model.blocks[2].attn.register_forward_hook(lambda *a: calls.__setitem__("attn2", calls["attn2"] + 1))
+    model.blocks[0].attn.register_forward_hook(
+        lambda *a: calls.__setitem__("attn0", calls["attn0"] + 1)
+    )
+    model.blocks[2].attn.register_forward_hook(
+        lambda *a: calls.__setitem__("attn2", calls["attn2"] + 1)
+    )
     backend = detect_backend(model)
     cells = make_cells(backend, clean.shape[1], ["resid_pre"], layers=[2], positions=[3, 4])
     sources = record_activations(model, clean, ["blocks.2.hook_resid_pre"])
@@ -148,7 +160,9 @@ transformers = pytest.importorskip("transformers")
 
 def hf_gpt2(n_layers=3):
     torch.manual_seed(0)
-    cfg = transformers.GPT2Config(n_layer=n_layers, n_embd=16, n_head=2, n_positions=16, vocab_size=20)
+    cfg = transformers.GPT2Config(
+        n_layer=n_layers, n_embd=16, n_head=2, n_positions=16, vocab_size=20
+    )
     return transformers.GPT2LMHeadModel(cfg).eval()
 
 
