@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -91,14 +91,17 @@ def first_block(backend: Backend, sites: Sequence[str]) -> dict[str, int]:
     return found
 
 
-def _take_rows(value: Any, b: int, rows: torch.Tensor) -> Any:
-    """Every tensor in ``value`` with ``b`` rows, indexed by ``rows`` on the batch axis."""
+def _take_rows(value: Any, b: int, rows: torch.Tensor, offset: int = 0) -> Any:
+    """Every tensor in ``value`` with ``b`` rows, indexed by ``rows`` on the batch axis
+    (and from position ``offset`` on along axis 1, the positions of a block's output)."""
     if isinstance(value, torch.Tensor):
-        return value[rows] if value.ndim and value.shape[0] == b else value
+        if not value.ndim or value.shape[0] != b:
+            return value
+        return value[rows, offset:] if offset and value.ndim > 1 else value[rows]
     if isinstance(value, tuple) and not hasattr(value, "_fields"):
-        return tuple(_take_rows(v, b, rows) for v in value)
+        return tuple(_take_rows(v, b, rows, offset) for v in value)
     if isinstance(value, list):
-        return [_take_rows(v, b, rows) for v in value]
+        return [_take_rows(v, b, rows, offset) for v in value]
     return value
 
 
@@ -110,6 +113,7 @@ class BaseRun:
     logits: torch.Tensor
     blocks: list[Any]
     acts: dict[str, torch.Tensor]
+    kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None
 
 
 def split_run(run: BaseRun, b: int) -> tuple[BaseRun, BaseRun]:
@@ -120,6 +124,7 @@ def split_run(run: BaseRun, b: int) -> tuple[BaseRun, BaseRun]:
             run.logits[rows],
             [_take_rows(out, 2 * b, rows) for out in run.blocks],
             {k: v[rows] for k, v in run.acts.items()},
+            None if run.kv is None else [(k[rows], v[rows]) for k, v in run.kv],
         )
         for rows in (first, second)
     )
@@ -149,25 +154,32 @@ def record_run(
                 return act
 
             backend.access(site).attach(hooks, keep)
-        logits = logits_of(model(inputs, **backend.forward_kwargs()))
+        kwargs = backend.cache_forward_kwargs()
+        output = model(inputs, **(backend.forward_kwargs() if kwargs is None else kwargs))
+        logits = logits_of(output)
     missing = [s for s in sites if s not in acts]
     if missing:
         raise InvalidInputError(
             f"sites {missing} did not run in the forward pass of {type(model).__name__}."
         )
-    return BaseRun(logits, outputs, acts)
+    return BaseRun(logits, outputs, acts, backend.keys_values(output))
 
 
 @contextmanager
 def replaying(
-    blocks: Sequence[nn.Module], outputs: Sequence[Any], b: int, rows: torch.Tensor
+    blocks: Sequence[nn.Module],
+    outputs: Sequence[Any],
+    b: int,
+    rows: torch.Tensor,
+    offset: int = 0,
 ) -> Iterator[None]:
     """Blocks ``0..len(outputs)-1`` return their recorded outputs (rows ``rows`` of the
-    base run) instead of computing; their own ``forward`` is restored on exit."""
+    base run, positions from ``offset``) instead of computing; their own ``forward`` is
+    restored on exit."""
     saved = []
     try:
         for block, out in zip(blocks, outputs):
-            taken = _take_rows(out, b, rows)
+            taken = _take_rows(out, b, rows, offset)
             saved.append((block, block.__dict__.get("forward")))
 
             def replay(*args: Any, _out: Any = taken, **kwargs: Any) -> Any:
@@ -193,12 +205,19 @@ class SiteCells:
         self.positions = torch.tensor([-1 if c.position is None else c.position for c in cells])
         self.heads = torch.tensor([-1 if c.head is None else c.head for c in cells])
 
-    def masks(self, shape: torch.Size) -> torch.Tensor:
-        """``[cells, 1, ...]`` bool: the entries each cell patches in one example."""
+    def pos_dim(self, ndim: int) -> int | None:
+        axes = self.access.axes(ndim)
+        return next((i for i, a in enumerate(axes) if a in ("pos", "query_pos")), None)
+
+    def masks(self, shape: torch.Size, offset: int = 0) -> torch.Tensor:
+        """``[cells, 1, ...]`` bool: the entries each cell patches in one example whose
+        positions start at ``offset``."""
         axes = self.access.axes(len(shape))
         mask = torch.ones(len(self.positions), *([1] * len(shape)), dtype=torch.bool)
+        local = torch.where(self.positions >= 0, self.positions - offset, self.positions)
+        local[(self.positions >= 0) & (local < 0)] = -2  # before the offset: nothing
         for what, names, chosen in (
-            ("positions", ("pos", "query_pos"), self.positions),
+            ("positions", ("pos", "query_pos"), local),
             ("heads", ("head",), self.heads),
         ):
             dims = [i for i, a in enumerate(axes) if a in names]
@@ -256,15 +275,20 @@ def stacked_edit(
     cell_of_row: torch.Tensor,
     example_of_row: torch.Tensor,
     batch: int,
+    offset: int = 0,
 ) -> Any:
     """The edit of one site for stacked rows: row ``r`` is example ``example_of_row[r]``
     under the site's cell ``cell_of_row[r]`` (``-1``: a cell at another site)."""
 
     def edit(act: torch.Tensor) -> torch.Tensor:
-        src = source_tensor(source, group.site, act, batch)
+        raw = source
+        d = group.pos_dim(act.ndim)
+        if offset and isinstance(raw, torch.Tensor) and d is not None and raw.shape[d] > 1:
+            raw = raw.narrow(d, offset, raw.shape[d] - offset)
+        src = source_tensor(raw, group.site, act, batch)
         if src.ndim and src.shape[0] != 1:
             src = src[example_of_row]
-        masks = group.masks(act.shape)[:, 0]  # [cells, ...]
+        masks = group.masks(act.shape, offset)[:, 0]  # [cells, ...]
         keep = torch.cat([torch.zeros_like(masks[:1]), masks])[cell_of_row + 1]
         return torch.where(keep.to(act.device), src, act)
 
@@ -291,74 +315,88 @@ def run_stacked(
     deepest = max(starts.values(), default=0)
     if base_run is None or len(base_run.blocks) < deepest or set(sites) - set(base_run.acts):
         base_run = record_run(model, base, backend, sites, deepest)
-    blocks = backend.blocks() or []
-    groups = {}
-    changed = torch.zeros(len(cells), b, dtype=torch.bool)
-    slot = torch.empty(len(cells), dtype=torch.long)  # index of a cell among its site's
+    plan = _Plan(model, list(cells), base, sources, metric, backend, base_run)
+    suffix = reuse_prefix and base_run.kv is not None
     for site in sites:
         index = [i for i, c in enumerate(cells) if c.site == site]
-        groups[site] = SiteCells(site, backend.access(site), [cells[i] for i in index])
-        slot[index] = torch.arange(len(index))
-        changed[index] = changed_rows(groups[site], sources[site], base_run.acts[site])
+        plan.groups[site] = SiteCells(site, backend.access(site), [cells[i] for i in index])
+        plan.slot[index] = torch.arange(len(index))
+        plan.changed[index] = changed_rows(plan.groups[site], sources[site], base_run.acts[site])
     base_values = check_per_example(metric(base_run.logits), b).to(torch.float64)
-    out = base_values.expand(len(cells), b).clone()
-    by_start: dict[int, list[int]] = {}
+    plan.out = base_values.expand(len(cells), b).clone()
+    by_start: dict[tuple[int, int], list[int]] = {}
     for i, c in enumerate(cells):
-        if bool(changed[i].any()):
-            by_start.setdefault(starts[c.site], []).append(i)
-    for start_block, members in sorted(by_start.items()):
+        if bool(plan.changed[i].any()):
+            offset = c.position if suffix and c.position else 0
+            by_start.setdefault((starts[c.site], offset), []).append(i)
+    blocks = backend.blocks() or []
+    for (start_block, offset), members in sorted(by_start.items()):
         chunk: list[int] = []
         rows = 0
         for n, i in enumerate(members):
             chunk.append(i)
-            rows += int(changed[i].sum())
-            nxt = int(changed[members[n + 1]].sum()) if n + 1 < len(members) else 0
+            rows += int(plan.changed[i].sum())
+            nxt = int(plan.changed[members[n + 1]].sum()) if n + 1 < len(members) else 0
             if n + 1 == len(members) or rows + nxt > max_rows:
-                _run_chunk(
-                    model, cells, chunk, changed, slot, groups, sources, metric, base, base_run,
-                    blocks[:start_block], backend, out,
-                )  # fmt: skip
+                plan.run_chunk(chunk, blocks[:start_block], offset)
                 chunk, rows = [], 0
-    return out
+    return plan.out
 
 
-def _run_chunk(
-    model: nn.Module,
-    cells: Sequence[Cell],
-    chunk: list[int],
-    changed: torch.Tensor,
-    slot: torch.Tensor,
-    groups: dict[str, SiteCells],
-    sources: dict[str, Source],
-    metric: Metric,
-    base: torch.Tensor,
-    base_run: BaseRun,
-    replayed: Sequence[nn.Module],
-    backend: Backend,
-    out: torch.Tensor,
-) -> None:
-    """One forward of the changed rows of ``chunk``'s cells; writes their metric values."""
-    b = base.shape[0]
-    examples = [changed[i].nonzero()[:, 0] for i in chunk]
-    example_of_row = torch.cat(examples)
-    owner = torch.cat([torch.full((len(e),), k) for k, e in enumerate(examples)])
-    hooks = EditingHooks()
-    with hooks, replaying(replayed, base_run.blocks, b, example_of_row):
-        for site, group in groups.items():
-            here = torch.tensor([cells[i].site == site for i in chunk])
-            if not bool(here.any()):
-                continue
-            in_site = torch.tensor([int(slot[i]) if cells[i].site == site else -1 for i in chunk])
-            edit = stacked_edit(group, sources[site], in_site[owner], example_of_row, b)
-            group.access.attach(hooks, edit)
-        logits = logits_of(model(base[example_of_row], **backend.forward_kwargs()))
-    start = 0
-    for k, i in enumerate(chunk):
-        n = len(examples[k])
-        if n == b:  # every example changed: the rows are in order
-            full = logits[start : start + n]
-        else:  # the others are the base run's
-            full = base_run.logits.clone()
-            full[examples[k]] = logits[start : start + n]
-        start += n
-        out[i] = check_per_example(metric(full), b)
+@dataclass
+class _Plan:
+    """The state of one stacked sweep: which examples each cell changes, the cells of
+    each site, and the metric values written so far."""
+
+    model: nn.Module
+    cells: list[Cell]
+    base: torch.Tensor
+    sources: dict[str, Source]
+    metric: Metric
+    backend: Backend
+    base_run: BaseRun
+    groups: dict[str, SiteCells] = field(default_factory=dict)
+    changed: torch.Tensor = field(init=False)  # [cells, batch] bool
+    slot: torch.Tensor = field(init=False)  # index of a cell among its site's cells
+    out: torch.Tensor = field(init=False)
+
+    def __post_init__(self) -> None:
+        n, b = len(self.cells), self.base.shape[0]
+        self.changed = torch.zeros(n, b, dtype=torch.bool)
+        self.slot = torch.empty(n, dtype=torch.long)
+
+    def run_chunk(self, chunk: list[int], replayed: Sequence[nn.Module], offset: int) -> None:
+        """One forward of the changed examples of ``chunk``'s cells, blocks ``replayed``
+        replaying the base run and, with ``offset``, positions before it continued from
+        the base run's keys and values; writes the cells' metric values."""
+        b, run, cells = self.base.shape[0], self.base_run, self.cells
+        examples = [self.changed[i].nonzero()[:, 0] for i in chunk]
+        example_of_row = torch.cat(examples)
+        owner = torch.cat([torch.full((len(e),), k) for k, e in enumerate(examples)])
+        inputs = self.base[example_of_row]
+        kwargs = self.backend.forward_kwargs()
+        if offset:
+            assert run.kv is not None
+            inputs = inputs[:, offset:]
+            kwargs = self.backend.continue_kwargs(run.kv, example_of_row, offset)
+        hooks = EditingHooks()
+        with hooks, replaying(replayed, run.blocks, b, example_of_row, offset):
+            for site, group in self.groups.items():
+                in_site = torch.tensor([int(self.slot[i]) if cells[i].site == site else -1
+                                        for i in chunk])  # fmt: skip
+                if bool((in_site >= 0).any()):
+                    edit = stacked_edit(
+                        group, self.sources[site], in_site[owner], example_of_row, b, offset
+                    )
+                    group.access.attach(hooks, edit)
+            logits = logits_of(self.model(inputs, **kwargs))
+        start = 0
+        for k, i in enumerate(chunk):
+            n = len(examples[k])
+            if n == b and not offset:  # every example changed: the rows are in order
+                full = logits[start : start + n]
+            else:  # the other examples and earlier positions are the base run's
+                full = run.logits.clone()
+                full[examples[k], offset:] = logits[start : start + n]
+            start += n
+            self.out[i] = check_per_example(self.metric(full), b)

@@ -281,6 +281,23 @@ class Backend:
         """Keyword arguments of every forward the engines run (none for plain modules)."""
         return {}
 
+    def keys_values(self, output: Any) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
+        """Per-layer attention keys and values ``[batch, head, pos, d_head]`` of a causal
+        model's forward run with :meth:`cache_forward_kwargs` (``None``: not supported)."""
+        return None
+
+    def cache_forward_kwargs(self) -> dict[str, Any] | None:
+        """Forward kwargs that make the output carry its keys and values (``None``: the
+        backend cannot continue a run from cached keys and values)."""
+        return None
+
+    def continue_kwargs(
+        self, kv: list[tuple[torch.Tensor, torch.Tensor]], rows: torch.Tensor, upto: int
+    ) -> dict[str, Any]:
+        """Forward kwargs that continue rows ``rows`` of a cached run after ``upto``
+        positions: the model is then fed positions ``upto..`` only."""
+        raise CapabilityError(f"the {self.kind} backend cannot continue a cached run.")
+
     def access(self, name: str) -> SiteAccess:
         """The access of one site, by exact name (globs belong to :func:`resolve_sites`).
 
