@@ -22,8 +22,9 @@ from torch import nn
 
 from dynalens.circuits._inputs import check_pair, check_positive
 from dynalens.circuits.metrics import Metric, check_per_example
+from dynalens.circuits.prefix import first_block
 from dynalens.circuits.results import HEAD_COMPONENTS, Cell, PatchingResult
-from dynalens.circuits.stacking import first_block, record_run, run_stacked, split_run
+from dynalens.circuits.stacking import record_run, run_stacked, split_run
 from dynalens.errors import InvalidInputError, InvalidParameterError
 from dynalens.probe.interventions import (
     check_eval_mode,

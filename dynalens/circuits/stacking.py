@@ -1,32 +1,31 @@
 """The batched patching engine: cells stacked on the batch axis, one masked write per
-site, and reuse of the unchanged prefix.
+site, and only the rows a cell changes.
 
-**Stacking.** A chunk of ``C`` cells runs the base input repeated ``C`` times: row
-``c·B + i`` is example ``i`` under cell ``c``. At every site the chunk touches, the
-activation ``a`` (``[C·B, ...]``) is viewed as ``[C, B, ...]`` and written once,
+**Stacking.** A chunk of cells runs one forward of ``R`` rows; row ``r`` is example
+``e_r`` of the base input under cell ``c_r``. At every site the chunk touches, the
+activation ``a`` (``[R, ...]``) is written once,
 
-    a ← where(M, s, a),    M[c, ·, p, h] = 1  iff cell c patches position p and head h,
+    a ← where(M[c_r], s[e_r], a),    M[c, p, h] = 1  iff cell c patches position p, head h,
 
-with ``s`` the source ``[B or 1, ...]`` (a cached run, a mean, or zeros) broadcast over
-cells: exactly what each cell's ``Intervention(site, s, positions=p, heads=h)`` does to
-its own rows (:mod:`dynalens.probe.interventions`), with one tensor op instead of one
-Python index per cell. Rows of a model in eval mode do not interact, so each cell's
-logits are those of its own patched run.
+with ``s`` the source ``[B or 1, ...]`` (a cached run, a mean, or zeros): exactly what each
+cell's ``Intervention(site, s, positions=p, heads=h)`` does to its own rows
+(:mod:`dynalens.probe.interventions`), with one tensor op instead of one Python index per
+cell. Rows of a model in eval mode do not interact, so each row's logits are those of its
+own patched run (models that normalise with batch statistics in eval mode are refused).
 
-**Prefix reuse** (what ``start_at_layer`` does in transformer-lens). If every site of a
-chunk lies inside block ``l`` or later, blocks ``0..l-1`` compute for every row what they
-computed in the unpatched base run. The engine records those blocks' outputs once, in
-one base forward, and while the chunk runs replaces their ``forward`` with a replay of
-the recorded outputs (repeated over cells); only blocks ``l..`` compute on the stacked
-rows. Where a site lies is checked by module identity (the site's module must be a
-submodule of block ``l`` or later), so explicit module-path sites benefit too; sites
-outside every block, and backends that do not name their blocks, run the full forward.
+**Changed rows only.** Where ``s`` equals the base run's activation at every entry a cell
+writes (e.g. positions before the corruption, under causal attention), the patched run
+of that example *is* the base run: the example is not stacked and its value is the base
+run's. Only (cell, example) pairs whose write changes something are run.
+
+**Prefix reuse** (:mod:`dynalens.circuits.prefix`): blocks before a cell's layer replay
+the base run, and on causal models that continue from cached keys and values, a cell at
+position ``p`` runs positions ``p..`` only.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,15 +33,11 @@ import torch
 from torch import nn
 
 from dynalens.circuits.metrics import Metric, check_per_example
+from dynalens.circuits.prefix import first_block, replaying, take_rows
 from dynalens.circuits.results import Cell
 from dynalens.errors import InvalidInputError
 from dynalens.probe.interventions import logits_of
-from dynalens.probe.interventions_sites import (
-    Backend,
-    EditingHooks,
-    ResidMidAccess,
-    SiteAccess,
-)
+from dynalens.probe.interventions_sites import Backend, EditingHooks, SiteAccess
 
 Source = torch.Tensor | str
 
@@ -65,46 +60,6 @@ def check_rows_independent(model: nn.Module) -> None:
         )
 
 
-def _modules_of(access: SiteAccess) -> list[nn.Module] | None:
-    """The modules an access hooks (``None``: unknown, so no prefix reuse)."""
-    if isinstance(access, ResidMidAccess):
-        parts = [_modules_of(access.resid_pre), _modules_of(access.attn_out)]
-        return None if any(p is None for p in parts) else [m for p in parts for m in p or []]
-    module = getattr(access, "module", None)
-    return [module] if isinstance(module, nn.Module) else None
-
-
-def first_block(backend: Backend, sites: Sequence[str]) -> dict[str, int]:
-    """For each site, the index of the earliest block it lies in (0 when it lies in none,
-    or the backend does not name its blocks): the blocks before it can be replayed."""
-    blocks = backend.blocks()
-    if not blocks:
-        return dict.fromkeys(sites, 0)
-    where: dict[int, int] = {}
-    for i in reversed(range(len(blocks))):  # a module shared by blocks: the earliest
-        for m in blocks[i].modules():
-            where[id(m)] = i
-    found = {}
-    for site in sites:
-        modules = _modules_of(backend.access(site))
-        found[site] = min((where.get(id(m), 0) for m in modules), default=0) if modules else 0
-    return found
-
-
-def _take_rows(value: Any, b: int, rows: torch.Tensor, offset: int = 0) -> Any:
-    """Every tensor in ``value`` with ``b`` rows, indexed by ``rows`` on the batch axis
-    (and from position ``offset`` on along axis 1, the positions of a block's output)."""
-    if isinstance(value, torch.Tensor):
-        if not value.ndim or value.shape[0] != b:
-            return value
-        return value[rows, offset:] if offset and value.ndim > 1 else value[rows]
-    if isinstance(value, tuple) and not hasattr(value, "_fields"):
-        return tuple(_take_rows(v, b, rows, offset) for v in value)
-    if isinstance(value, list):
-        return [_take_rows(v, b, rows, offset) for v in value]
-    return value
-
-
 @dataclass
 class BaseRun:
     """One unpatched forward: its logits, the outputs of the first blocks (to replay)
@@ -122,7 +77,7 @@ def split_run(run: BaseRun, b: int) -> tuple[BaseRun, BaseRun]:
     return tuple(  # type: ignore[return-value]
         BaseRun(
             run.logits[rows],
-            [_take_rows(out, 2 * b, rows) for out in run.blocks],
+            [take_rows(out, 2 * b, rows) for out in run.blocks],
             {k: v[rows] for k, v in run.acts.items()},
             None if run.kv is None else [(k[rows], v[rows]) for k, v in run.kv],
         )
@@ -163,37 +118,6 @@ def record_run(
             f"sites {missing} did not run in the forward pass of {type(model).__name__}."
         )
     return BaseRun(logits, outputs, acts, backend.keys_values(output))
-
-
-@contextmanager
-def replaying(
-    blocks: Sequence[nn.Module],
-    outputs: Sequence[Any],
-    b: int,
-    rows: torch.Tensor,
-    offset: int = 0,
-) -> Iterator[None]:
-    """Blocks ``0..len(outputs)-1`` return their recorded outputs (rows ``rows`` of the
-    base run, positions from ``offset``) instead of computing; their own ``forward`` is
-    restored on exit."""
-    saved = []
-    try:
-        for block, out in zip(blocks, outputs):
-            taken = _take_rows(out, b, rows, offset)
-            saved.append((block, block.__dict__.get("forward")))
-
-            def replay(*args: Any, _out: Any = taken, **kwargs: Any) -> Any:
-                return _out
-
-            # the instance dict, past any __setattr__ a wrapper (transformer-lens) defines
-            block.__dict__["forward"] = replay
-        yield
-    finally:
-        for block, old in saved:
-            if old is None:
-                block.__dict__.pop("forward", None)
-            else:
-                block.__dict__["forward"] = old
 
 
 class SiteCells:

@@ -13,7 +13,7 @@ from dynalens.circuits import (
     make_cells,
     run_cells,
 )
-from dynalens.circuits.stacking import first_block, replaying
+from dynalens.circuits.prefix import first_block, replaying
 from dynalens.errors import InvalidInputError
 from dynalens.probe.interventions import Intervention, intervene, logits_of, record_activations
 from dynalens.probe.interventions_sites import detect_backend
