@@ -45,6 +45,8 @@ from dynalens.probe.interventions_sites import (
 if TYPE_CHECKING:
     import pandas as pd
 
+_IG_ROWS = 2048  # rows per forward when integration steps are stacked on the batch axis
+
 
 @dataclass
 class EdgeScores:
@@ -130,16 +132,22 @@ def edge_attribution_patching(
     receivers: dict[str, torch.Tensor] = {}  # receiver -> mean ∂m/∂in_v [B, T, d]
     watched = [*pre, *mid, *qkv["q"], *qkv["k"], *qkv["v"], *mlp, *z, *attn_out, final]
     kept: dict[str, torch.Tensor] = {}
-    for k in range(ig_steps):
-        point = e_base + (k / ig_steps) * (e_source - e_base)
+    b = base.shape[0]
+    per_forward = max(1, min(ig_steps, _IG_ROWS // b))  # steps stacked on the batch axis
+    for first in range(0, ig_steps, per_forward):
+        ks = range(first, min(first + per_forward, ig_steps))
+        point = torch.cat([e_base + (k / ig_steps) * (e_source - e_base) for k in ks])
         kept = {}
         hooks = EditingHooks()
         with hooks, torch.enable_grad():
             backend.access(embed).attach(hooks, constant_leaf(point))
             for s in dict.fromkeys(watched):
                 backend.access(s).attach(hooks, keeper(kept, s))
-            values = metric(logits_of(model(base)))
-            check_per_example(values, base.shape[0])
+            logits = logits_of(model(base.repeat(len(ks), *([1] * (base.ndim - 1)))))
+            parts = [metric(logits[i * b : (i + 1) * b]) for i in range(len(ks))]
+            for part in parts:
+                check_per_example(part, b)
+            values = torch.cat(parts)
         outs = [*qkv["q"], *qkv["k"], *qkv["v"], *mlp, final]
         grads = dict(
             zip(outs, torch.autograd.grad(values.sum(), [kept[s] for s in outs], retain_graph=True))
@@ -155,9 +163,10 @@ def edge_attribution_patching(
             if has_mlp:
                 step[f"m{lay}"] = _vjp(kept[mlp[lay]], kept[mid[lay]], grads[mlp[lay]])
         for name, g in step.items():
+            summed = g.detach().double().unflatten(0, (len(ks), b)).sum(0)
             if name not in receivers:
-                receivers[name] = torch.zeros_like(g, dtype=torch.float64)
-            receivers[name] += g.detach().double() / ig_steps
+                receivers[name] = torch.zeros_like(summed)
+            receivers[name] += summed / ig_steps
     edges, rows = [], []
     for v, g in receivers.items():
         v_layer = n_layers if v == "logits" else int(v[1:].split(".")[0])
@@ -165,9 +174,10 @@ def edge_attribution_patching(
         edges.append(("input", v))
         rows.append(_dot(deltas[embed], g))
         for lay in range(v_layer + (1 if mlp_receiver else 0)):
-            head_grad = _vjp(
-                kept[attn_out[lay]], kept[z[lay]], g.to(kept[attn_out[lay]].dtype)
-            ).double()
+            # attn_out is linear in z: the product at the first stacked step serves all
+            cot = torch.zeros_like(kept[attn_out[lay]])
+            cot[:b] = g.to(cot.dtype)
+            head_grad = _vjp(kept[attn_out[lay]], kept[z[lay]], cot)[:b].double()
             for h in range(n_heads):
                 edges.append((f"a{lay}.h{h}", v))
                 rows.append(_dot(deltas[z[lay]][:, :, h], head_grad[:, :, h]))
