@@ -108,10 +108,17 @@ def run_cells(
     """Per-example metric values ``[cells, batch]`` of every cell patched into ``base``.
 
     ``sources[site]`` is the tensor (or ``"zero"``) each cell at that site takes its value
-    from; cells are stacked on the batch axis, ``max(1, max_rows // batch)`` per forward
-    (:mod:`dynalens.circuits.stacking`). With ``reuse_prefix`` cells are grouped by the
-    first block their site lies in and the blocks before it replay one base run instead of
-    computing (``start_at_layer``-style; exact, see the stacking module).
+    from. Cells are stacked on the batch axis, at most ``max_rows`` rows per forward, and
+    only the examples a cell changes are run (:mod:`dynalens.circuits.stacking`). With
+    ``reuse_prefix`` the blocks before a cell's layer replay one base run and, on causal
+    Hugging Face models, a cell at position ``p`` runs positions ``p..`` only
+    (:mod:`dynalens.circuits.prefix`); both exact, ``False`` runs full forwards.
+
+    Example
+    -------
+    >>> cells = make_cells(detect_backend(model), clean.shape[1], ["resid_pre"])
+    >>> sources = record_activations(model, clean, list({c.site for c in cells}))
+    >>> values = run_cells(model, cells, corrupt, sources, logit_diff(answer, wrong))
     """
     backend = backend or detect_backend(model)
     check_eval_mode(model)
