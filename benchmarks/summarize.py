@@ -116,10 +116,47 @@ def kernels(d: dict[str, Any]) -> list[str]:
     return rows
 
 
+def patching(d: dict[str, Any]) -> list[str]:
+    t = d["task"]
+    rows = [
+        f"**Activation patching** (`bench_patching.py`; full sweeps, {t['positions']} tokens, "
+        f"corrupt token at position {t['corrupt_position']}, {t['metric']}; CPU ms per "
+        "sweep, min of interleaved rounds, 1 thread; speed-up = peer / dynalens):",
+        "",
+        "| model | sweep | cells | dynalens | per-cell loop | TL helper | nnsight loop | pyvene loop "
+        "| vs TL (goal 4) | vs fastest wrapper (goal 2) | max err |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, c in d["configs"].items():
+        for sweep, r in c["sweeps"].items():
+            ms = r["ms"]
+            wrap = r.get("speedup_vs_fastest_wrapper")
+            rows.append(
+                f"| {name} | {sweep} | {r['cells']} | {f(ms['dynalens'], 1)} | "
+                f"{f(ms['dynalens_loop'], 1)} | {f(ms['tl_helper'], 1)} | "
+                f"{f(ms['nnsight_loop'], 1) if 'nnsight_loop' in ms else '-'} | "
+                f"{f(ms['pyvene_loop'], 1) if 'pyvene_loop' in ms else '-'} | "
+                f"{f(r['speedup_vs_tl_helper'], 1)} | {'-' if wrap is None else f(wrap, 1)} | "
+                f"{max(r['max_abs_err_vs_loop'].values()):.0e} |"
+            )
+    rows += ["", "| model | EAP-IG m=16, all edges | exact, all nodes (all positions) | "
+             "exact, all nodes by position | same, one forward per cell |",
+             "|---|---|---|---|---|"]  # fmt: skip
+    for name, c in d["configs"].items():
+        ms = c["eap_ig"]["ms"]
+        rows.append(
+            f"| {name} | {f(ms['eap_ig_m16_all_edges'], 1)} | "
+            f"{f(ms['exact_nodes_all_pos'], 1)} | {f(ms['exact_nodes_by_pos'], 1)} | "
+            f"{f(ms['exact_nodes_by_pos_per_cell_loop'], 1)} |"
+        )
+    return rows
+
+
 def main() -> None:
     out: list[str] = []
     for name, fn in (("recording_cpu", recording), ("plane_cpu", plane), ("mi_cpu", mi),
-                     ("gns_cpu", gns), ("kernels_cpu", kernels)):  # fmt: skip
+                     ("gns_cpu", gns), ("kernels_cpu", kernels),
+                     ("patching_cpu", patching)):  # fmt: skip
         d = load(name)
         if d is not None:
             out += [*fn(d), ""]

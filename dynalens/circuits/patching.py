@@ -22,12 +22,12 @@ from torch import nn
 
 from dynalens.circuits._inputs import check_pair, check_positive
 from dynalens.circuits.metrics import Metric, check_per_example
+from dynalens.circuits.prefix import first_block
 from dynalens.circuits.results import HEAD_COMPONENTS, Cell, PatchingResult
+from dynalens.circuits.stacking import record_run, run_stacked, split_run
 from dynalens.errors import InvalidInputError, InvalidParameterError
 from dynalens.probe.interventions import (
-    Intervention,
-    intervene,
-    logits_of,
+    check_eval_mode,
     mean_activation,
     record_activations,
 )
@@ -103,35 +103,36 @@ def run_cells(
     *,
     max_rows: int = 2048,
     backend: Backend | None = None,
+    reuse_prefix: bool = True,
 ) -> torch.Tensor:
     """Per-example metric values ``[cells, batch]`` of every cell patched into ``base``.
 
     ``sources[site]`` is the tensor (or ``"zero"``) each cell at that site takes its value
-    from; cells are stacked on the batch axis, ``max(1, max_rows // batch)`` per forward.
+    from. Cells are stacked on the batch axis, at most ``max_rows`` rows per forward, and
+    only the examples a cell changes are run (:mod:`dynalens.circuits.stacking`). With
+    ``reuse_prefix`` the blocks before a cell's layer replay one base run and, on causal
+    Hugging Face models, a cell at position ``p`` runs positions ``p..`` only
+    (:mod:`dynalens.circuits.prefix`); both exact, ``False`` runs full forwards.
+
+    Example
+    -------
+    >>> cells = make_cells(detect_backend(model), clean.shape[1], ["resid_pre"])
+    >>> sources = record_activations(model, clean, list({c.site for c in cells}))
+    >>> values = run_cells(model, cells, corrupt, sources, logit_diff(answer, wrong))
     """
     backend = backend or detect_backend(model)
-    b = base.shape[0]
-    per_chunk = max(1, max_rows // b)
-    out = torch.empty(len(cells), b, dtype=torch.float64)
-    for start in range(0, len(cells), per_chunk):
-        chunk = cells[start : start + per_chunk]
-        stacked = base.repeat(len(chunk), *([1] * (base.ndim - 1)))
-        interventions = [
-            Intervention(
-                cell.site,
-                sources[cell.site],
-                positions=cell.position,
-                heads=cell.head,
-                rows=range(i * b, (i + 1) * b),
-            )
-            for i, cell in enumerate(chunk)
-        ]
-        with intervene(model, interventions, backend=backend):
-            logits = logits_of(model(stacked))
-        for i in range(len(chunk)):
-            values = metric(logits[i * b : (i + 1) * b])
-            out[start + i] = check_per_example(values, b)
-    return out
+    check_eval_mode(model)
+    check_positive("max_rows", max_rows)
+    return run_stacked(
+        model,
+        cells,
+        base,
+        sources,
+        metric,
+        backend=backend,
+        max_rows=max_rows,
+        reuse_prefix=reuse_prefix,
+    )
 
 
 def activation_patching(
@@ -201,27 +202,36 @@ def activation_patching(
         sites=sites,
     )
     b = clean.shape[0]
-    with torch.no_grad():
-        clean_m = check_per_example(metric(logits_of(model(clean))), b)
-        corrupt_m = (
-            None if corrupt is None else check_per_example(metric(logits_of(model(corrupt))), b)
-        )
     site_names = list(dict.fromkeys(c.site for c in cells))
     base = corrupt if mode == "denoising" else clean
+    other = clean if mode == "denoising" else corrupt  # the pair's other input, if any
     assert base is not None
+    deepest = max(first_block(backend, site_names).values(), default=0)
+    # one forward of base and other stacked: metric baselines, sources and the prefix
+    pair = mode in ("denoising", "noising")
+    if other is None:
+        base_run, other_run = record_run(model, base, backend, site_names, deepest), None
+    else:
+        both = torch.cat([base, other])
+        base_run, other_run = split_run(record_run(model, both, backend, site_names, deepest), b)
+    base_m = check_per_example(metric(base_run.logits), b)
+    other_m = None if other_run is None else check_per_example(metric(other_run.logits), b)
+    clean_m, corrupt_m = (other_m, base_m) if mode == "denoising" else (base_m, other_m)
+    assert clean_m is not None  # denoising has a clean input, the other modes run it
     sources: dict[str, torch.Tensor | str]
     if mode == "zero":
         sources = dict.fromkeys(site_names, "zero")
+    elif pair:
+        assert other_run is not None
+        sources = dict(other_run.acts)
     else:
-        source_input = {"denoising": clean, "noising": corrupt, "mean": reference}[mode]
-        if source_input is None:
-            source_input = clean
-        recorded = record_activations(model, source_input, site_names, backend=backend)
-        if mode == "mean":
-            sources = {k: mean_activation(v) for k, v in recorded.items()}
-        else:
-            sources = dict(recorded)
-    values = run_cells(model, cells, base, sources, metric, max_rows=max_rows, backend=backend)
+        recorded = base_run.acts
+        if reference is not None:
+            recorded = record_activations(model, reference, site_names, backend=backend)
+        sources = {k: mean_activation(v) for k, v in recorded.items()}
+    values = run_stacked(
+        model, cells, base, sources, metric, backend=backend, max_rows=max_rows, base_run=base_run
+    )
     labels = {
         "denoising": "denoising",
         "noising": "noising",
@@ -231,7 +241,7 @@ def activation_patching(
     return PatchingResult(
         cells=cells,
         values=values,
-        base=corrupt_m if mode == "denoising" else clean_m,  # type: ignore[arg-type]
+        base=base_m,
         clean=clean_m,
         corrupt=corrupt_m,
         mode=labels[mode],

@@ -97,6 +97,36 @@ class HuggingFaceBackend(Backend):
     def virtual_sites(self) -> dict[str, SiteAccess]:
         return self._virtual
 
+    def blocks(self) -> list[nn.Module] | None:
+        return [block for _, block in self._blocks()]
+
+    def forward_kwargs(self) -> dict[str, Any]:
+        """No key/value cache: a patched run is one forward, and blocks replayed by prefix
+        reuse would leave gaps in a cache."""
+        return {"use_cache": False}
+
+    def cache_forward_kwargs(self) -> dict[str, Any] | None:
+        return {"use_cache": True}
+
+    def keys_values(self, output: Any) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
+        layers = getattr(getattr(output, "past_key_values", None), "layers", None)
+        if not layers or not all(hasattr(la, "keys") for la in layers):
+            return None
+        return [(la.keys, la.values) for la in layers]
+
+    def continue_kwargs(
+        self, kv: list[tuple[torch.Tensor, torch.Tensor]], rows: torch.Tensor, upto: int
+    ) -> dict[str, Any]:
+        """A ``DynamicCache`` of the first ``upto`` positions of ``rows``: causal attention
+        at later positions reads these keys and values, and positions come from the cache
+        length (GPT-2 position embeddings, Llama rotary), as in generation."""
+        from transformers import DynamicCache
+
+        cache = DynamicCache()
+        for i, (k, v) in enumerate(kv):
+            cache.update(k[rows, :, :upto], v[rows, :, :upto], i)
+        return {"past_key_values": cache, "use_cache": True}
+
     def _instead(self, component: str) -> str:
         if component == "pattern":
             return (

@@ -261,6 +261,35 @@ class Backend:
     def site_names(self) -> list[str]:
         return [*self.virtual_sites(), *self._modules]
 
+    def blocks(self) -> list[nn.Module] | None:
+        """The transformer blocks in forward order (``None`` where the model does not say);
+        the batched patching engine replays the unchanged prefix through them."""
+        if self.n_layers is None:
+            return None
+        found = [self._modules.get(f"blocks.{i}") for i in range(self.n_layers)]
+        return None if any(b is None for b in found) else found  # type: ignore[return-value]
+
+    def forward_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of every forward the engines run (none for plain modules)."""
+        return {}
+
+    def keys_values(self, output: Any) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
+        """Per-layer attention keys and values ``[batch, head, pos, d_head]`` of a causal
+        model's forward run with :meth:`cache_forward_kwargs` (``None``: not supported)."""
+        return None
+
+    def cache_forward_kwargs(self) -> dict[str, Any] | None:
+        """Forward kwargs that make the output carry its keys and values (``None``: the
+        backend cannot continue a run from cached keys and values)."""
+        return None
+
+    def continue_kwargs(
+        self, kv: list[tuple[torch.Tensor, torch.Tensor]], rows: torch.Tensor, upto: int
+    ) -> dict[str, Any]:
+        """Forward kwargs that continue rows ``rows`` of a cached run after ``upto``
+        positions: the model is then fed positions ``upto..`` only."""
+        raise CapabilityError(f"the {self.kind} backend cannot continue a cached run.")
+
     def access(self, name: str) -> SiteAccess:
         """The access of one site, by exact name (globs belong to :func:`resolve_sites`).
 
