@@ -93,26 +93,40 @@ class Faithfulness:
 
     # -- serialisation (Store.put_result / get_result) --
     def to_arrays(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        """``(arrays, attrs)``: every circuit's nodes as cell columns with a ``circuit``
-        index, float64 ``values``, ``clean`` and ``corrupt``."""
-        flat = [c for circuit in self.circuits for c in circuit]
-        arrays = cells_to_arrays(flat)
+        """``(arrays, attrs)``: every circuit's nodes as cell columns (or its edges as
+        ``sender`` / ``receiver`` columns) with a ``circuit`` index, float64 ``values``,
+        ``clean`` and ``corrupt``."""
+        flat: list[Any] = [c for circuit in self.circuits for c in circuit]
+        edges = bool(flat) and isinstance(flat[0], tuple)
+        if edges:
+            arrays = {
+                "sender": np.array([str(u) for u, _ in flat], dtype=object),
+                "receiver": np.array([str(v) for _, v in flat], dtype=object),
+            }
+        else:
+            arrays = cells_to_arrays([c for c in flat if isinstance(c, Cell)])
         arrays["circuit"] = np.repeat(np.arange(len(self.circuits)), self.sizes())
         arrays["values"] = self.values.double().numpy()
         arrays["clean"], arrays["corrupt"] = (
             self.clean.double().numpy(),
             self.corrupt.double().numpy(),
         )
-        return arrays, {"kind": "Faithfulness", "ablation": self.ablation}
+        attrs = {"kind": "Faithfulness", "ablation": self.ablation, "edges": edges}
+        return arrays, attrs
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray], attrs: dict[str, Any]) -> Faithfulness:
         """The result saved by :meth:`to_arrays`, bit for bit."""
         check_kind(attrs, "Faithfulness")
         values = torch.from_numpy(np.array(arrays["values"], dtype=np.float64))
-        circuits: list[list[Cell]] = [[] for _ in range(values.shape[0])]
-        for i, cell in zip(arrays["circuit"], cells_from_arrays(arrays)):
-            circuits[int(i)].append(cell)
+        members: list[Any] = (
+            [(str(u), str(v)) for u, v in zip(arrays["sender"], arrays["receiver"])]
+            if attrs.get("edges")
+            else cells_from_arrays(arrays)
+        )
+        circuits: list[list[Any]] = [[] for _ in range(values.shape[0])]
+        for i, member in zip(arrays["circuit"], members):
+            circuits[int(i)].append(member)
         clean, corrupt = (
             torch.from_numpy(np.array(arrays[k], dtype=np.float64)) for k in ("clean", "corrupt")
         )

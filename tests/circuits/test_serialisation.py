@@ -113,3 +113,17 @@ def test_metrics_are_named_with_their_parameters():
         metric_key(lambda x: x[:, -1, 0])
     with pytest.raises(InvalidParameterError, match="non-empty"):
         named_metric(lambda x: x, "")
+
+
+def test_edge_faithfulness_round_trips(setup):
+    from dynalens.circuits.edge_faithfulness import edge_faithfulness
+    from dynalens.circuits.edges import edge_graph
+
+    model, clean, corrupt, metric, store = setup
+    edges = edge_graph(model).edges()
+    result = edge_faithfulness(model, clean, corrupt, metric, [edges[:5], [], edges[3:9]])
+    got = roundtrip(store, "edge_faithfulness", result)
+    assert got.circuits == result.circuits and got.ablation == result.ablation
+    for a, b in ((got.values, result.values), (got.clean, result.clean)):
+        same(a.double(), b.double())
+    assert isinstance(got.circuits[0][0], tuple)
