@@ -58,6 +58,9 @@ if TYPE_CHECKING:
     import pandas as pd
 
 
+_IG_ROWS = 2048  # rows per forward when integration steps are stacked on the batch axis
+
+
 @dataclass
 class EdgeScores:
     """Per-example edge attributions ``[edges, batch]`` with sender / receiver names."""
@@ -223,25 +226,30 @@ def edge_attribution_patching(
     # sender's site in turn ("activations"); receiver gradients are kept per block
     blocks = writes if ig_path == "activations" else [embed]
     b, nb = base.shape[0], len(blocks)
-    stacked = base.repeat(nb, *([1] * (base.ndim - 1)))
+    width = nb * b  # rows of one integration step
+    per_forward = max(1, min(ig_steps, _IG_ROWS // width))  # steps stacked on the batch axis
     receivers: dict[str, torch.Tensor] = {}  # receiver -> mean ∂m/∂in_v [blocks*B, T, d]
     watched = [*pre, *mid, *qkv["q"], *qkv["k"], *qkv["v"], *mlp, *z, *attn_out, final]
     kept: dict[str, torch.Tensor] = {}
-    for k in range(ig_steps):
-        alpha = k / ig_steps
+    for first in range(0, ig_steps, per_forward):
+        alphas = [k / ig_steps for k in range(first, min(first + per_forward, ig_steps))]
         kept = {}
         hooks = EditingHooks()
         with hooks, torch.enable_grad():
-            embedding = at_base[embed].repeat(nb, *([1] * (at_base[embed].ndim - 1)))
-            embedding[:b] += alpha * (at_source[embed] - at_base[embed])
+            embedding = at_base[embed].repeat(len(alphas) * nb, *([1] * (at_base[embed].ndim - 1)))
+            for j, alpha in enumerate(alphas):
+                embedding[j * width : j * width + b] += alpha * deltas[embed].to(embedding.dtype)
             backend.access(embed).attach(hooks, constant_leaf(embedding))
             for i, site in enumerate(blocks[1:], start=1):  # before the keepers
-                point = at_base[site] + alpha * (at_source[site] - at_base[site])
-                backend.access(site).attach(hooks, _rows_set_to(point, i * b))
+                puts = [
+                    (j * width + i * b, at_base[site] + alpha * (at_source[site] - at_base[site]))
+                    for j, alpha in enumerate(alphas)
+                ]
+                backend.access(site).attach(hooks, _rows_set_to(puts))
             for s in dict.fromkeys(watched):
                 backend.access(s).attach(hooks, keeper(kept, s))
-            logits = logits_of(model(stacked))
-            values = [metric(logits[i * b : (i + 1) * b]) for i in range(nb)]
+            logits = logits_of(model(base.repeat(len(alphas) * nb, *([1] * (base.ndim - 1)))))
+            values = [metric(logits[r : r + b]) for r in range(0, logits.shape[0], b)]
             for value in values:
                 check_per_example(value, b)
         outs = [*qkv["q"], *qkv["k"], *qkv["v"], *mlp, final]
@@ -260,9 +268,10 @@ def edge_attribution_patching(
             if has_mlp:
                 step[f"m{lay}"] = _vjp(kept[mlp[lay]], kept[mid[lay]], grads[mlp[lay]])
         for name, g in step.items():
+            summed = g.detach().double().unflatten(0, (len(alphas), width)).sum(0)
             if name not in receivers:
-                receivers[name] = torch.zeros_like(g, dtype=torch.float64)
-            receivers[name] += g.detach().double() / ig_steps
+                receivers[name] = torch.zeros_like(summed)
+            receivers[name] += summed / ig_steps
 
     def block(u: str) -> slice:
         """The rows whose gradients score sender ``u``'s edges."""
@@ -291,18 +300,26 @@ def edge_attribution_patching(
             else:
                 lay, h = (int(i) for i in u[1:].split(".h"))
                 if lay not in head_grads:
+                    # attn_out is linear in z: the rows of the first stacked step serve all
                     out = kept[attn_out[lay]]
-                    head_grads[lay] = _vjp(out, kept[z[lay]], g.to(out.dtype)).double()
+                    cot = torch.zeros_like(out)
+                    cot[: g.shape[0]] = g.to(out.dtype)
+                    head_grads[lay] = _vjp(out, kept[z[lay]], cot)[: g.shape[0]].double()
                 rows.append(_dot(deltas[z[lay]][:, :, h], head_grads[lay][block(u)][:, :, h]))
     label = "eap" if ig_steps == 1 else f"eap-ig (m={ig_steps}, {ig_path})"
     return EdgeScores(edges, torch.stack(rows), f"{mode} {label}")
 
 
-def _rows_set_to(value: torch.Tensor, start: int) -> Callable[[torch.Tensor], torch.Tensor]:
-    """An edit that puts ``value`` into rows ``start : start + len(value)``."""
+def _rows_set_to(
+    puts: list[tuple[int, torch.Tensor]],
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """An edit that puts each ``value`` into rows ``start : start + len(value)``."""
 
     def put(act: torch.Tensor) -> torch.Tensor:
-        return torch.cat([act[:start], value.to(act.dtype), act[start + value.shape[0] :]])
+        out = act.clone()
+        for start, value in puts:
+            out[start : start + value.shape[0]] = value.to(act.dtype)
+        return out
 
     return put
 

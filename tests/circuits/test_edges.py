@@ -115,3 +115,20 @@ def test_bad_input():
     edges = edge_attribution_patching(model, clean, corrupt, metric)
     with pytest.raises(InvalidParameterError, match="edges run from earlier to later"):
         edges.score("a1.h0", "a0.h0<q>")
+
+
+@pytest.mark.parametrize("path", ["inputs", "activations"])
+def test_integration_steps_stacked_on_the_batch_axis_equal_one_step_per_forward(
+    monkeypatch, path
+):
+    import dynalens.circuits.edges as edges_module
+
+    model = ReferenceTransformer(ReferenceConfig(d_mlp=32), seed=1).eval()
+    task = random_task(2)
+    stacked = edge_attribution_patching(model, *task, ig_steps=5, ig_path=path)
+    rows_per_step = 5 * (1 if path == "inputs" else 1 + 2 * 2)  # batch x interpolated sites
+    for rows in (rows_per_step, 2 * rows_per_step):  # one step, then two steps per forward
+        monkeypatch.setattr(edges_module, "_IG_ROWS", rows)
+        alone = edge_attribution_patching(model, *task, ig_steps=5, ig_path=path)
+        assert alone.edges == stacked.edges
+        torch.testing.assert_close(alone.values, stacked.values, atol=1e-6, rtol=1e-6)
