@@ -12,6 +12,9 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install -q -c constraints.txt torch==2.13.0
 	$(PY) -m pip install -q -c constraints.txt -e ".[dev]"
 	$(PY) -m pip install -q -c constraints.txt --no-deps backpack-for-pytorch
+	# PyC (benchmark reference): its declared deps (pgmpy, pyro-ppl, ...) are not needed by
+	# torch_concepts.nn.functional, which bench_concepts.py calls
+	$(PY) -m pip install -q -c constraints.txt --no-deps --pre pytorch-concepts
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -35,6 +38,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_gns.py
 	$(PY) benchmarks/bench_kernels.py
 	$(PY) benchmarks/bench_cbs.py
+	$(PY) benchmarks/bench_concepts.py
 	$(PY) benchmarks/summarize.py
 
 clean:
