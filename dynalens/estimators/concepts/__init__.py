@@ -12,6 +12,12 @@ functional shortcut share one private implementation::
 from __future__ import annotations
 
 from dynalens.estimators.concepts._result import ConceptResult
+from dynalens.estimators.concepts.causal_effect import (
+    CausalConceptEffect,
+    causal_concept_effect,
+    residual_effect,
+)
+from dynalens.estimators.concepts.completeness import Completeness, completeness_score
 from dynalens.estimators.concepts.concept_accuracy import (
     ConceptScores,
     UndefinedConceptWarning,
@@ -31,6 +37,12 @@ from dynalens.estimators.concepts.leakage import (
 )
 from dynalens.estimators.concepts.niche_impurity import NicheImpurity, niche_impurity_score
 from dynalens.estimators.concepts.oracle_impurity import OracleImpurity, oracle_impurity_score
+from dynalens.estimators.concepts.sparsity import (
+    ConceptSparsity,
+    activation_sparsity,
+    number_of_contributing_concepts,
+    number_of_effective_concepts,
+)
 from dynalens.estimators.concepts.task_accuracy import (
     TaskScores,
     task_accuracy,
@@ -39,14 +51,20 @@ from dynalens.estimators.concepts.task_accuracy import (
 )
 
 __all__ = [
+    "CausalConceptEffect",
+    "Completeness",
     "ConceptResult",
     "ConceptScores",
+    "ConceptSparsity",
     "ConceptTaskLeakage",
     "InterventionCurve",
     "NicheImpurity",
     "OracleImpurity",
     "TaskScores",
     "UndefinedConceptWarning",
+    "activation_sparsity",
+    "causal_concept_effect",
+    "completeness_score",
     "concept_accuracy",
     "concept_auc",
     "concept_f1",
@@ -54,8 +72,11 @@ __all__ = [
     "inter_concept_leakage",
     "intervention_curve",
     "niche_impurity_score",
+    "number_of_contributing_concepts",
+    "number_of_effective_concepts",
     "oracle_impurity_score",
     "percentile_writes",
+    "residual_effect",
     "task_accuracy",
     "task_auc",
     "task_f1",
