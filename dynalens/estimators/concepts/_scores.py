@@ -195,10 +195,10 @@ def bootstrap_interval(
     kind: str = "percentile",
     estimate: float | None = None,
 ) -> tuple[float, float]:
-    """Bootstrap interval of ``statistic(rows)`` over resampled row indices, resampling
+    r"""Bootstrap interval of ``statistic(rows)`` over resampled row indices, resampling
     within each stratum (e.g. each class of y) so every class keeps its count.
     ``kind="percentile"``: the quantiles of the replicates; ``"basic"``: the reverse
-    percentile interval :math:`[2\\hat\theta - q_{hi}, 2\\hat\theta - q_{lo}]` around
+    percentile interval :math:`[2\hat\theta - q_{hi}, 2\hat\theta - q_{lo}]` around
     ``estimate``, which corrects a bias of the statistic. Replicates whose statistic is
     NaN are dropped; (nan, nan) if all are."""
     values = [statistic(rows) for rows in _replicate_rows(n, strata, n_boot, seed)]

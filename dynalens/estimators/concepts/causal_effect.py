@@ -31,16 +31,16 @@ from dynalens.estimators.concepts._checks import as_matrix, as_probabilities
 from dynalens.estimators.concepts._result import ConceptResult
 from dynalens.estimators.concepts._scores import weighted_bootstrap_interval
 from dynalens.estimators.concepts.interventions import _writes
-from dynalens.estimators.concepts.task_accuracy import class_probabilities
 
 __all__ = ["CausalConceptEffect", "causal_concept_effect", "residual_effect"]
 
 
 def _outputs(
-    task_fn: Callable[[torch.Tensor], torch.Tensor], values: torch.Tensor, output: str
+    task_fn: Callable[[torch.Tensor], torch.Tensor],
+    values: torch.Tensor,
+    output: str,
+    dtype: torch.dtype,
 ) -> torch.Tensor:
-    params = list(task_fn.parameters()) if isinstance(task_fn, torch.nn.Module) else []
-    dtype = params[0].dtype if params else torch.get_default_dtype()  # the head's own dtype
     with torch.no_grad():
         out = task_fn(values.to(dtype))
     if not torch.is_tensor(out) or out.shape[0] != values.shape[0]:
@@ -49,9 +49,15 @@ def _outputs(
             f"{type(out).__name__} of shape {tuple(getattr(out, 'shape', ()))}."
         )
     out = out.detach().to(torch.float64)
+    if out.ndim == 1:
+        out = out[:, None]
     if output == "raw":
-        return out if out.ndim == 2 else out[:, None]
-    return class_probabilities(out, logits=True)
+        return out
+    if not torch.isfinite(out).all():
+        raise InvalidInputError("task_fn returned NaN or infinite logits.")
+    if out.shape[1] == 1:  # one logit: P(class 1)
+        return torch.cat([torch.sigmoid(-out), torch.sigmoid(out)], 1)
+    return torch.softmax(out, 1)
 
 
 class CausalConceptEffect:
@@ -109,11 +115,14 @@ class CausalConceptEffect:
         pred = (as_probabilities if bottleneck == "prob" else as_matrix)("c_pred", c_pred)
         n, k = pred.shape
         off, on = _writes(self.writes, bottleneck, k)
+        params = list(task_fn.parameters()) if isinstance(task_fn, torch.nn.Module) else []
+        dtype = params[0].dtype if params else torch.get_default_dtype()  # the head's dtype
         diffs = []
         for j in range(k):
-            low, high = pred.clone(), pred.clone()
-            low[:, j], high[:, j] = off[j], on[j]
-            diffs.append(_outputs(task_fn, high, output) - _outputs(task_fn, low, output))
+            both = pred.repeat(2, 1)  # rows 0..n-1: do(c_j = off); n..2n-1: do(c_j = on)
+            both[:n, j], both[n:, j] = off[j], on[j]
+            out = _outputs(task_fn, both, output, dtype)
+            diffs.append(out[n:] - out[:n])
         per_row = torch.stack(diffs, 1)  # (n, k, T)
         effect = per_row.mean(0)
         t = effect.shape[1]

@@ -46,20 +46,31 @@ __all__ = [
 ]
 
 
-def _concept_columns(groups: Sequence[Sequence[int]] | None, k: int) -> torch.Tensor:
-    """(G, k) float membership: each group one concept, every other column its own."""
+def _concept_columns(groups: Sequence[Sequence[int]] | None, k: int) -> torch.Tensor | None:
+    """(G, k) float membership: each group one concept, every other column its own;
+    None without groups (every column its own concept)."""
+    if groups is None:
+        return None
     members = _membership(groups, k)
-    if groups is not None:
-        alone = ~members.any(0)
-        members = torch.cat([members, torch.eye(k, dtype=torch.bool)[alone]])
+    alone = ~members.any(0)
+    members = torch.cat([members, torch.eye(k, dtype=torch.bool)[alone]])
     return members.to(torch.float64)
 
 
+def _per_concept(x: torch.Tensor, members: torch.Tensor | None) -> torch.Tensor:
+    """Sum the last axis (columns) within each concept's columns."""
+    return x if members is None else x @ members.T
+
+
 def _contributing(
-    weight: torch.Tensor, act: torch.Tensor, members: torch.Tensor, coverage: float, pred: bool
+    weight: torch.Tensor,
+    act: torch.Tensor,
+    members: torch.Tensor | None,
+    coverage: float,
+    pred: bool,
 ) -> torch.Tensor:
     """κ per sample (n, C) or (n, 1) with ``pred``: concepts needed to cover ``coverage``."""
-    contrib = (act[:, None, :] * weight[None]).abs() @ members.T  # (n, C, G)
+    contrib = _per_concept((act[:, None, :] * weight[None]).abs(), members)  # (n, C, G)
     cum = contrib.sort(-1, descending=True).values.cumsum(-1)
     total = cum[..., -1:]
     kappa = ((cum < coverage * total).sum(-1) + 1).to(torch.float64)
@@ -135,7 +146,7 @@ class ConceptSparsity:
         seed = check_int("seed", self.seed)
         w = as_matrix("weight", weight)
         members = _concept_columns(groups, w.shape[1])
-        used = ((w.abs() > threshold).to(torch.float64) @ members.T) > 0  # (C, G)
+        used = _per_concept((w.abs() > threshold).to(torch.float64), members) > 0  # (C, G)
         per_class = used.sum(1).to(torch.float64)
         details: dict[str, Any] = {
             "nec": float(per_class.mean()),
