@@ -30,7 +30,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check dynalens tests benchmarks
 	$(VENV)/bin/mypy
 
-# every CPU benchmark (about 25 minutes on 2 cores), then the README tables
+# every CPU benchmark (about 35 minutes on 2 cores), then the README tables
 bench: $(STAMP)
 	$(PY) benchmarks/bench_recording.py
 	$(PY) benchmarks/bench_plane.py
