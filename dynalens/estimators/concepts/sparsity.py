@@ -107,6 +107,8 @@ class ConceptSparsity:
         NCC over each sample's predicted class only (default: all classes).
     n_boot, seed : int
         Bootstrap replicates of NCC over samples (0: none) and their seed.
+    activation_stats : bool
+        Also compute Hoyer sparsity, effective number and hardness of the activations.
 
     Examples
     --------
@@ -123,7 +125,9 @@ class ConceptSparsity:
         predicted_class_only: bool = False,
         n_boot: int = 200,
         seed: int = 0,
+        activation_stats: bool = True,
     ) -> None:
+        self.activation_stats = activation_stats
         self.threshold = threshold
         self.coverage = coverage
         self.predicted_class_only = predicted_class_only
@@ -144,6 +148,7 @@ class ConceptSparsity:
         pred = check_bool("predicted_class_only", self.predicted_class_only)
         n_boot = check_int("n_boot", self.n_boot, min=0)
         seed = check_int("seed", self.seed)
+        stats = check_bool("activation_stats", self.activation_stats)
         w = as_matrix("weight", weight)
         members = _concept_columns(groups, w.shape[1])
         used = _per_concept((w.abs() > threshold).to(torch.float64), members) > 0  # (C, G)
@@ -174,7 +179,8 @@ class ConceptSparsity:
                     n_boot=n_boot,
                     seed=seed,
                 )
-            details.update(_activation_stats(act))
+            if stats:
+                details.update(_activation_stats(act))
         return ConceptResult(
             value=details["nec"],
             metric="nec",
@@ -202,8 +208,10 @@ def number_of_effective_concepts(weight: Any, **kwargs: Any) -> ConceptResult:
 
 def number_of_contributing_concepts(weight: Any, activations: Any, **kwargs: Any) -> ConceptResult:
     """NCC of a head ``weight`` (C, k) on ``activations`` (n, k), with a bootstrap
-    interval over samples; ``per_concept`` holds κ per sample. See :class:`ConceptSparsity`."""
+    interval over samples; ``per_concept`` holds κ per sample. See :class:`ConceptSparsity`
+    (``activation_stats`` defaults to False here)."""
     groups = kwargs.pop("groups", None)
+    kwargs.setdefault("activation_stats", False)
     r = ConceptSparsity(**kwargs).estimate(weight, activations, groups=groups)
     return ConceptResult(
         value=r.details["ncc"],

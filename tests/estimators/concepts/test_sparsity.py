@@ -108,3 +108,12 @@ def test_bad_input_refuses() -> None:
         number_of_effective_concepts(w, groups=[[0, 1], [1, 2]])
     with pytest.raises(InvalidParameterError):
         number_of_effective_concepts(w, threshold=-1.0)
+
+
+def test_activation_stats_are_optional() -> None:
+    w = torch.ones(2, 3, dtype=torch.float64)
+    act = torch.rand(20, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    with_stats = ConceptSparsity(n_boot=0).estimate(w, act)
+    assert "hoyer" in with_stats.details
+    assert "hoyer" not in number_of_contributing_concepts(w, act, n_boot=0).details
+    assert "hoyer" in number_of_contributing_concepts(w, act, activation_stats=True).details
