@@ -177,6 +177,7 @@ def timings(d: dict[str, torch.Tensor], repeats: int, pyc: Any, quick: bool) -> 
     head = torch.nn.Linear(k, 4).double()
     with torch.no_grad():
         head.weight.copy_(torch.randn(4, k, generator=g, dtype=torch.float64))
+        head.bias.copy_(torch.randn(4, generator=g, dtype=torch.float64))
         head.weight[:, k // 2 :] = 0.0  # half the concepts unused
         blackbox = torch.nn.functional.one_hot(y, 4).double() * 4 + torch.randn(
             n, 4, generator=g, dtype=torch.float64

@@ -53,8 +53,6 @@ def _outputs(
         out = out[:, None]
     if output == "raw":
         return out
-    if not torch.isfinite(out).all():
-        raise InvalidInputError("task_fn returned NaN or infinite logits.")
     if out.shape[1] == 1:  # one logit: P(class 1)
         return torch.cat([torch.sigmoid(-out), torch.sigmoid(out)], 1)
     return torch.softmax(out, 1)
@@ -123,8 +121,13 @@ class CausalConceptEffect:
             both[:n, j], both[n:, j] = off[j], on[j]
             out = _outputs(task_fn, both, output, dtype)
             diffs.append(out[n:] - out[:n])
-        per_row = torch.stack(diffs, 1)  # (n, k, T)
-        effect = per_row.mean(0)
+        per_row = torch.stack(diffs)  # (k, n, T)
+        effect = per_row.mean(1)
+        if not torch.isfinite(effect).all():
+            raise InvalidInputError(
+                "task_fn returned NaN or infinite outputs under an intervention; check the "
+                "head (and the writes) for values it cannot take."
+            )
         t = effect.shape[1]
         for name, idx, size in (("concept", self.concept, k), ("target", self.target, t)):
             if idx is not None and not (isinstance(idx, int) and 0 <= idx < size):
@@ -139,7 +142,7 @@ class CausalConceptEffect:
         concept, target = divmod(int(torch.where(allowed, effect.abs(), -1.0).argmax()), t)
         interval = None
         if n_boot > 0:
-            column = per_row[:, concept, target]
+            column = per_row[concept, :, target]
             interval = weighted_bootstrap_interval(
                 lambda w: (w @ column) / w.sum(1), n, strata=None, n_boot=n_boot, seed=seed
             )
@@ -158,7 +161,7 @@ class CausalConceptEffect:
                 "n_boot": n_boot,
                 "seed": seed,
             },
-            details={"per_row": per_row},
+            details={"per_row": per_row},  # (k, n, T): each row's effect
         )
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dynalens.errors import InvalidParameterError
+from dynalens.errors import InvalidInputError, InvalidParameterError
 from dynalens.estimators.concepts import (
     CausalConceptEffect,
     causal_concept_effect,
@@ -74,3 +74,13 @@ def test_equals_pyc_cace_score_where_installed() -> None:
         residual_effect(before, after),
         functional.residual_concept_causal_effect(before, after).double(),
     )
+
+
+def test_non_finite_outputs_refuse() -> None:
+    probs = torch.rand(10, 3, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+
+    def head(v: torch.Tensor) -> torch.Tensor:
+        return torch.log(v - 0.5)  # NaN where a value falls below 0.5
+
+    with pytest.raises(InvalidInputError, match="NaN or infinite"):
+        causal_concept_effect(head, probs)
