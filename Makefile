@@ -13,6 +13,9 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install -q -c constraints.txt -e ".[dev]"
 	$(PY) -m pip install -q -c constraints.txt --no-deps backpack-for-pytorch
 	$(PY) -m pip install -q -c constraints.txt --no-deps captum
+	# PyC (benchmark reference): its declared deps (pgmpy, pyro-ppl, ...) are not needed by
+	# torch_concepts.nn.functional, which bench_concepts.py calls
+	$(PY) -m pip install -q -c constraints.txt --no-deps --pre pytorch-concepts
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -35,7 +38,7 @@ PATCH_PEERS := nnsight pyvene greenlet zstandard matplotlib contourpy cycler fon
 bench-peers: $(STAMP)
 	$(PY) -m pip install -q -c constraints.txt --no-deps $(PATCH_PEERS)
 
-# every CPU benchmark (about 30 minutes on 2 cores), then the README tables
+# every CPU benchmark (about 40 minutes on 2 cores), then the README tables
 bench: $(STAMP) bench-peers
 	$(PY) benchmarks/bench_recording.py
 	$(PY) benchmarks/bench_plane.py
@@ -45,6 +48,7 @@ bench: $(STAMP) bench-peers
 	$(PY) benchmarks/bench_cbs.py
 	$(PY) benchmarks/bench_concepts_tcav.py
 	$(PY) benchmarks/bench_patching.py
+	$(PY) benchmarks/bench_concepts.py
 	$(PY) benchmarks/summarize.py
 
 clean:

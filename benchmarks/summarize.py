@@ -152,11 +152,62 @@ def patching(d: dict[str, Any]) -> list[str]:
     return rows
 
 
+def separation_rows(sep: dict[str, Any]) -> list[str]:
+    rows = [
+        "",
+        f"Pure vs leaky representation (n = {sep['n']}, k = {sep['k']}, leak {sep['leak']}, "
+        f"{sep['seeds']} split seeds; separation = difference of means / pooled seed sd):",
+        "",
+        "| score | probe | pure | leaky | separation | every pure < every leaky |",
+        "|---|---|---|---|---|---|",
+    ]
+    for key, score, probe in (
+        ("ois_dynalens", "OIS", "dynalens: converged logistic (closed form)"),
+        ("ois_cem_probe", "OIS", "cem: 1-32-1 MLP, Adam, 25 epochs (reimplemented)"),
+        ("nis_dynalens", "NIS", "dynalens: Newton logistic"),
+        ("nis_cem_probe", "NIS", "cem: MLPClassifier((20, 20)) (reimplemented)"),
+    ):
+        s = sep.get(key)
+        if s is None:
+            continue
+        mp, ml = sum(s["pure"]) / len(s["pure"]), sum(s["leaky"]) / len(s["leaky"])
+        rows.append(
+            f"| {score} | {probe} | {f(mp, 3)} | {f(ml, 3)} | {f(s['separation'], 1)} | "
+            f"{'yes' if s['pure_max_below_leaky_min'] else 'no'} |"
+        )
+    return rows
+
+
+def concepts(d: dict[str, Any]) -> list[str]:
+    rows = [
+        f"**Concept metrics** (`bench_concepts.py`; n = {d['n']} samples x {d['k']} concepts, "
+        "one thread, min of interleaved repeats; dynalens with its defaults: 200-replicate "
+        "intervals, 5 split seeds where a probe enters; goal <= 10 s and faster than the "
+        "reference):",
+        "",
+        "| metric | dynalens | reference | reference time | ratio |",
+        "|---|---|---|---|---|",
+    ]
+
+    def sec(x: float) -> str:
+        return f"{f(x * 1000, 2)} ms" if x < 0.01 else f"{f(x, 3)} s"
+
+    for r in d["timings"]:
+        ref = r.get("reference", "none")
+        t_ref = sec(r["reference_s"]) if "reference_s" in r else "-"
+        ratio = f(r["ratio"], 3) if "ratio" in r else "-"
+        rows.append(f"| {r['metric']} | {sec(r['dynalens_s'])} | {ref} | {t_ref} | {ratio} |")
+    for sep in d["separation"]:
+        rows += separation_rows(sep)
+    rows += ["", f"References: PyC {d['references']['pyc']}; cem {d['references']['cem']}."]
+    return rows
+
+
 def main() -> None:
     out: list[str] = []
     for name, fn in (("recording_cpu", recording), ("plane_cpu", plane), ("mi_cpu", mi),
                      ("gns_cpu", gns), ("kernels_cpu", kernels),
-                     ("patching_cpu", patching)):  # fmt: skip
+                     ("patching_cpu", patching), ("concepts_cpu", concepts)):  # fmt: skip
         d = load(name)
         if d is not None:
             out += [*fn(d), ""]

@@ -118,9 +118,7 @@ def test_bad_input():
 
 
 @pytest.mark.parametrize("path", ["inputs", "activations"])
-def test_integration_steps_stacked_on_the_batch_axis_equal_one_step_per_forward(
-    monkeypatch, path
-):
+def test_integration_steps_stacked_on_the_batch_axis_equal_one_step_per_forward(monkeypatch, path):
     import dynalens.circuits.edges as edges_module
 
     model = ReferenceTransformer(ReferenceConfig(d_mlp=32), seed=1).eval()

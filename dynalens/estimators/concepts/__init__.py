@@ -20,7 +20,13 @@ from dynalens.estimators.concepts.bypass_share import (
     UndefinedShareWarning,
     bypass_share,
 )
+from dynalens.estimators.concepts.causal_effect import (
+    CausalConceptEffect,
+    causal_concept_effect,
+    residual_effect,
+)
 from dynalens.estimators.concepts.cav import CAV, train_cav, train_cavs
+from dynalens.estimators.concepts.completeness import Completeness, completeness_score
 from dynalens.estimators.concepts.concept_accuracy import (
     ConceptScores,
     UndefinedConceptWarning,
@@ -50,6 +56,12 @@ from dynalens.estimators.concepts.leakage import (
 )
 from dynalens.estimators.concepts.niche_impurity import NicheImpurity, niche_impurity_score
 from dynalens.estimators.concepts.oracle_impurity import OracleImpurity, oracle_impurity_score
+from dynalens.estimators.concepts.sparsity import (
+    ConceptSparsity,
+    activation_sparsity,
+    number_of_contributing_concepts,
+    number_of_effective_concepts,
+)
 from dynalens.estimators.concepts.task_accuracy import (
     TaskScores,
     task_accuracy,
@@ -68,12 +80,15 @@ __all__ = [
     "CAV",
     "TCAV",
     "BypassShare",
+    "CausalConceptEffect",
+    "Completeness",
     "ConceptAlignment",
     "ConceptExistence",
     "ConceptGlobalImportance",
     "ConceptLocation",
     "ConceptResult",
     "ConceptScores",
+    "ConceptSparsity",
     "ConceptTask",
     "ConceptTaskLeakage",
     "InterventionCurve",
@@ -83,8 +98,11 @@ __all__ = [
     "TaskScores",
     "UndefinedConceptWarning",
     "UndefinedShareWarning",
+    "activation_sparsity",
     "bypass_share",
+    "causal_concept_effect",
     "coam",
+    "completeness_score",
     "concept_accuracy",
     "concept_activation_maps",
     "concept_alignment_score",
@@ -98,8 +116,11 @@ __all__ = [
     "inter_concept_leakage",
     "intervention_curve",
     "niche_impurity_score",
+    "number_of_contributing_concepts",
+    "number_of_effective_concepts",
     "oracle_impurity_score",
     "percentile_writes",
+    "residual_effect",
     "task_accuracy",
     "task_auc",
     "task_f1",

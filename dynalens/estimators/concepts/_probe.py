@@ -24,34 +24,53 @@ def _with_bias(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([x, torch.ones(*x.shape[:-1], 1, dtype=x.dtype)], -1)
 
 
+def _logits(xa: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    """(B, n) logits; ``xa`` (B, n, d) per probe or (n, d) shared by all probes."""
+    return theta @ xa.T if xa.ndim == 2 else torch.einsum("bnd,bd->bn", xa, theta)
+
+
 def _binary_objective(
     theta: torch.Tensor, xa: torch.Tensor, y: torch.Tensor, c: float
 ) -> torch.Tensor:
-    z = torch.einsum("bnd,bd->bn", xa, theta)
+    z = _logits(xa, theta)
     loss = torch.nn.functional.softplus(z) - y * z
     return c * loss.sum(1) + 0.5 * (theta[:, :-1] ** 2).sum(1)
+
+
+def _gram(xa: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    r"""(B, d, d) weighted Gram matrices :math:`X^\top \mathrm{diag}(w_b) X`. With a shared
+    X (n, d) all B come from one (B, n) @ (n, d d) product over row blocks (the batched
+    three-operand einsum it replaces was several times slower on the CPU)."""
+    if xa.ndim == 3:
+        return torch.einsum("bnd,bn,bne->bde", xa, w, xa)
+    n, d = xa.shape
+    out = torch.zeros(w.shape[0], d * d, dtype=xa.dtype)
+    step = max(1, (1 << 22) // (d * d))
+    for lo in range(0, n, step):
+        blk = xa[lo : lo + step]
+        out += w[:, lo : lo + step] @ (blk[:, :, None] * blk[:, None, :]).reshape(-1, d * d)
+    return out.reshape(-1, d, d)
 
 
 def fit_binary_probes(
     x: torch.Tensor, y: torch.Tensor, *, C: float = 1.0, tol: float = 1e-8, max_iter: int = 100
 ) -> torch.Tensor:
-    """Fit B L2 logistic probes. ``x`` (B, n, m), ``y`` (B, n) in {0, 1}.
-    Returns theta (B, m + 1): weights then intercept."""
+    """Fit B L2 logistic probes. ``x`` (B, n, m), or (n, m) shared by all B probes
+    (faster), ``y`` (B, n) in {0, 1}. Returns theta (B, m + 1): weights then intercept."""
     xa = _with_bias(x.to(torch.float64))
     y = y.to(torch.float64)
-    b, _, d = xa.shape
+    b, d = y.shape[0], xa.shape[-1]
     theta = torch.zeros(b, d, dtype=torch.float64)
     reg = torch.ones(d, dtype=torch.float64)
     reg[-1] = 0.0
     obj = _binary_objective(theta, xa, y, C)
     for _ in range(max_iter):
-        z = torch.einsum("bnd,bd->bn", xa, theta)
-        p = torch.sigmoid(z)
-        grad = C * torch.einsum("bnd,bn->bd", xa, p - y) + reg * theta
-        if grad.abs().amax() < tol * max(1.0, C * x.shape[1]):
+        p = torch.sigmoid(_logits(xa, theta))
+        grad = C * ((p - y) @ xa if xa.ndim == 2 else torch.einsum("bnd,bn->bd", xa, p - y))
+        grad = grad + reg * theta
+        if grad.abs().amax() < tol * max(1.0, C * y.shape[1]):
             return theta
-        w = C * p * (1 - p)
-        hess = torch.einsum("bnd,bn,bne->bde", xa, w, xa) + torch.diag(reg + 1e-12)
+        hess = _gram(xa, C * p * (1 - p)) + torch.diag(reg + 1e-12)
         step = torch.linalg.solve(hess, grad[..., None])[..., 0]
         scale = torch.ones(b, 1, dtype=torch.float64)
         for _ in range(40):
@@ -81,6 +100,21 @@ def _multi_objective(
     return float(c * ce + 0.5 * (theta[:-1] ** 2).sum())
 
 
+def _multinomial_hessian(xa: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    r"""Hessian (d T, d T) of the summed cross-entropy in theta (d, T):
+    :math:`H_{(a,s),(b,t)} = \sum_i x_{ia} x_{ib} (p_{is}\delta_{st} - p_{is} p_{it})`,
+    from two matrix products with :math:`X \circ p_s` (about 3x faster than one
+    three-operand einsum)."""
+    n, d = xa.shape
+    t = p.shape[1]
+    xp = (p[:, :, None] * xa[:, None, :]).reshape(n, t * d)  # [i, (s, a)]
+    h = -(xp.T @ xp).reshape(t, d, t, d)
+    own = (xa.T @ xp).reshape(d, t, d).permute(1, 0, 2)  # [s, a, b]
+    idx = torch.arange(t)
+    h[idx, :, idx, :] += own
+    return h.permute(1, 0, 3, 2).reshape(d * t, d * t)
+
+
 def fit_multinomial_probe(
     x: torch.Tensor,
     y: torch.Tensor,
@@ -106,9 +140,7 @@ def fit_multinomial_probe(
         grad = C * xa.T @ (p - onehot) + reg * theta
         if grad.abs().amax() < tol * max(1.0, C * n):
             return theta
-        a = torch.diag_embed(p) - p[:, :, None] * p[:, None, :]  # (n, T, T)
-        hess = C * torch.einsum("ia,ist,ib->asbt", xa, a, xa).reshape(d * t, d * t)
-        hess = hess + torch.diag(reg.flatten() + 1e-10)
+        hess = C * _multinomial_hessian(xa, p) + torch.diag(reg.flatten() + 1e-10)
         step = torch.linalg.solve(hess, grad.flatten()).reshape(d, t)
         scale = 1.0
         for _ in range(40):

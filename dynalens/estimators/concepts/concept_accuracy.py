@@ -36,7 +36,14 @@ from dynalens.estimators.concepts._checks import (
     as_probabilities,
 )
 from dynalens.estimators.concepts._result import ConceptResult
-from dynalens.estimators.concepts._scores import auc_columns, bootstrap_interval, f1_columns
+from dynalens.estimators.concepts._scores import (
+    auc_columns,
+    bootstrap_interval,
+    f1_columns,
+    row_means,
+    weighted_auc_columns,
+    weighted_bootstrap_interval,
+)
 
 __all__ = [
     "ConceptScores",
@@ -78,6 +85,20 @@ def _per_concept(
         out["auc"].append(float(auc_columns(cj, aj)[0]))
         out["f1"].append(float(f1_columns(cj, hj)[0]))
     return {s: torch.tensor(v, dtype=p.dtype) for s, v in out.items()}
+
+
+def _weighted_score(
+    c: torch.Tensor, p: torch.Tensor, w: torch.Tensor, threshold: float, compat: Any, score: str
+) -> torch.Tensor:
+    """Per-concept ``score`` (B, k) of each bootstrap replicate given as multiplicity
+    weights (B, n) (no mask): one sort per concept for all replicates; each replicate
+    equals :func:`_per_concept` on its resampled rows."""
+    hard = (p > threshold).to(p.dtype) if compat == "cem" else (p >= threshold).to(p.dtype)
+    if score == "accuracy":
+        return (w @ (hard == c).to(p.dtype)) / w.sum(1, keepdim=True)
+    if score == "f1":
+        return f1_columns(c, hard, w)
+    return weighted_auc_columns(c, hard if compat == "cem" else p, w)
 
 
 def _macro(values: torch.Tensor, valid: torch.Tensor) -> float:
@@ -201,7 +222,15 @@ def _concept_scores(
             for g in groups
         ]
     interval = None
-    if n_boot > 0:
+    if n_boot > 0 and mask is None:
+        interval = weighted_bootstrap_interval(
+            lambda w: row_means(_weighted_score(c, p, w, threshold, compat, score), valid),
+            c.shape[0],
+            strata=strata,
+            n_boot=n_boot,
+            seed=seed,
+        )
+    elif n_boot > 0:
 
         def stat(rows: torch.Tensor) -> float:
             sub_mask = None if mask is None else mask[rows]

@@ -33,7 +33,11 @@ from dynalens.errors import InvalidInputError
 from dynalens.estimators.concepts._checks import as_binary_labels, as_class_labels, as_matrix
 from dynalens.estimators.concepts._probe import fit_multinomial_probe, predict_multinomial
 from dynalens.estimators.concepts._result import ConceptResult, seed_spread
-from dynalens.estimators.concepts._scores import bootstrap_interval, macro_ovr_auc
+from dynalens.estimators.concepts._scores import (
+    macro_ovr_auc,
+    weighted_bootstrap_interval,
+    weighted_macro_ovr_auc,
+)
 from dynalens.estimators.concepts._split import train_test_split
 from dynalens.estimators.concepts.oracle_impurity import OracleImpurity
 
@@ -100,10 +104,10 @@ class ConceptTaskLeakage:
         interval = None
         if n_boot > 0:
             y_test, probs = first["y_test"], first["proba"]
-            interval = bootstrap_interval(
-                lambda rows: (
-                    macro_ovr_auc(y_test[rows], probs["soft"][rows])
-                    - macro_ovr_auc(y_test[rows], probs["true"][rows])
+            interval = weighted_bootstrap_interval(
+                lambda w: (
+                    weighted_macro_ovr_auc(y_test, probs["soft"], w)
+                    - weighted_macro_ovr_auc(y_test, probs["true"], w)
                 ),
                 len(y_test),
                 strata=y_test,

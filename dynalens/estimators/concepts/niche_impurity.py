@@ -33,9 +33,13 @@ import torch
 from dynalens._validation import check_float, check_int, check_option
 from dynalens.errors import InvalidInputError, InvalidParameterError
 from dynalens.estimators.concepts._checks import as_binary_labels, as_matrix, require_both_classes
-from dynalens.estimators.concepts._probe import fit_binary_probes, predict_binary
+from dynalens.estimators.concepts._probe import fit_binary_probes
 from dynalens.estimators.concepts._result import ConceptResult, seed_spread
-from dynalens.estimators.concepts._scores import auc_columns, bootstrap_interval
+from dynalens.estimators.concepts._scores import (
+    auc_columns,
+    weighted_auc_columns,
+    weighted_bootstrap_interval,
+)
 from dynalens.estimators.concepts._split import check_class_counts, train_test_split
 
 __all__ = ["NicheImpurity", "niche_impurity_score"]
@@ -58,31 +62,47 @@ def _niche_probabilities(
     test: torch.Tensor,
     betas: torch.Tensor,
     C: float,
-) -> torch.Tensor:
-    """Test-row probabilities (n_test, len(betas), k) of probe i with i's niche zeroed."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Test-row probabilities of probe i with i's niche zeroed, for each distinct
+    (concept, niche) pair only: a niche changes at a few β, so most of the len(betas) x k
+    columns repeat. Returns the distinct columns' probabilities (n_test, U), their concept
+    index (U,) and, for each (β, concept), its distinct column (len(betas), k)."""
     k = c.shape[1]
-    x_train = soft[train][None].expand(k, -1, -1)
-    theta = fit_binary_probes(x_train, c[train].T, C=C)
+    theta = fit_binary_probes(soft[train], c[train].T, C=C)  # k probes, shared features
     rho = _correlation(soft[train], c[train])  # [j, i]: soft column j vs concept i
-    x_test = soft[test]
-    out = []
-    for beta in betas:
-        in_niche = rho.abs().T > beta  # [i, j]: column j in concept i's niche
-        masked = x_test[None] * (~in_niche)[:, None, :].to(x_test.dtype)
-        out.append(predict_binary(theta, masked).T)  # (n_test, k)
-    return torch.stack(out, 1)
+    outside = rho.abs().T[None] <= betas[:, None, None]  # [β, i, j]: j outside i's niche
+    concept = torch.arange(k).expand(len(betas), k)
+    keys = torch.cat([concept[..., None], outside.to(torch.int64)], -1).reshape(-1, k + 1)
+    unique, inverse = torch.unique(keys, dim=0, return_inverse=True)
+    which, keep = unique[:, 0], unique[:, 1:].to(theta.dtype)
+    logits = soft[test] @ (theta[which, :-1] * keep).T + theta[which, -1]
+    return torch.sigmoid(logits), which, inverse.reshape(len(betas), k)
+
+
+def _integrate(curve: torch.Tensor, betas: torch.Tensor, normalise: bool) -> torch.Tensor:
+    value = torch.trapezoid(curve, betas, dim=-1)
+    return value / (betas[-1] - betas[0]) if normalise else value
+
+
+Niche = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 
 def _nis(
-    proba: torch.Tensor, c_test: torch.Tensor, betas: torch.Tensor, normalise: bool = True
+    niche: Niche, c_test: torch.Tensor, betas: torch.Tensor, normalise: bool = True
 ) -> tuple[float, torch.Tensor]:
-    g, k = proba.shape[1], proba.shape[2]
-    aucs = auc_columns(c_test.repeat(1, g), proba.reshape(-1, g * k)).reshape(g, k)
-    curve = aucs.nanmean(1)
-    value = torch.trapezoid(curve, betas)
-    if normalise:
-        value = value / (betas[-1] - betas[0])
-    return float(value), curve
+    proba, which, inverse = niche
+    curve = auc_columns(c_test[:, which], proba)[inverse].nanmean(1)
+    return float(_integrate(curve, betas, normalise)), curve
+
+
+def _nis_replicates(
+    niche: Niche, c_test: torch.Tensor, betas: torch.Tensor, normalise: bool, w: torch.Tensor
+) -> torch.Tensor:
+    """:func:`_nis` of each bootstrap replicate given as multiplicity weights (B, n_test):
+    one sort per distinct column for all replicates."""
+    proba, which, inverse = niche
+    aucs = weighted_auc_columns(c_test[:, which], proba, w)
+    return _integrate(aucs[:, inverse].nanmean(2), betas, normalise)
 
 
 class NicheImpurity:
@@ -156,17 +176,17 @@ class NicheImpurity:
                 (test, f"test split (seed={s})"),
             ):
                 require_both_classes(c[rows], metric=METRIC, where=where, names=names)
-            proba = _niche_probabilities(soft, c, train, test, betas, C)
-            value, curve = _nis(proba, c[test], betas, not cem)
+            niche = _niche_probabilities(soft, c, train, test, betas, C)
+            value, curve = _nis(niche, c[test], betas, not cem)
             values.append(value)
             if first is None:
-                first = (value, curve, proba, c[test])
+                first = (value, curve, niche, c[test])
         assert first is not None
-        value, curve, proba, c_test = first
+        value, curve, niche, c_test = first
         interval = None
         if n_boot > 0:
-            interval = bootstrap_interval(
-                lambda rows: _nis(proba[rows], c_test[rows], betas, not cem)[0],
+            interval = weighted_bootstrap_interval(
+                lambda w: _nis_replicates(niche, c_test, betas, not cem, w),
                 len(c_test),
                 strata=None,
                 n_boot=n_boot,
