@@ -37,11 +37,17 @@ LOGIT_TOL = 0.01
 
 def logit_rounding(c: torch.Tensor, var: float) -> float:
     """Predicted rounding error (nats) of one logit -||t - c_j||^2 / (2 var) in gauss_lse,
-    for points t = c + N(0, var I) and centres c computed in c's dtype."""
+    for points t = c + N(0, var I) and centres c computed in c's dtype.
+
+    An empirical model (the cross term's rounding grows like sqrt(d) in a blocked dot
+    product): with sqrt(d) / 8 the measured error at d = 50 exceeded it by 8 % on one Xeon
+    whose BLAS blocks differently from the machine it was fitted on, so the factor is
+    sqrt(d) / 4 (tests/estimators/test_noisy_bounds.py keeps it within 20x of the
+    measured error on both)."""
     d = c.shape[1]
     u = torch.finfo(c.dtype).eps / 2
     r2 = float((c - c.mean(0)).pow(2).sum(1).max()) + d * var
-    return 2.0 * u * r2 * (1.0 + math.sqrt(d) / 8.0) / var
+    return 2.0 * u * r2 * (1.0 + math.sqrt(d) / 4.0) / var
 
 
 def check_resolution(c: torch.Tensor, var: float, method: str, limit_note: str = "") -> None:
