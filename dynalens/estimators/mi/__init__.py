@@ -16,12 +16,16 @@ from dynalens.estimators.mi._cost import cost_limits
 from dynalens.estimators.mi.adaptive_binning import AdaptiveBinningMI
 from dynalens.estimators.mi.auto import NOISE_METHODS, REGISTRY, AutoMI, select_method
 from dynalens.estimators.mi.binning import BinningMI
+from dynalens.estimators.mi.chao_shen import ChaoShenMI
 from dynalens.estimators.mi.gaussian import GaussianCopulaMI, GaussianMI
+from dynalens.estimators.mi.grassberger import GrassbergerMI
 from dynalens.estimators.mi.kde import KDEMI
 from dynalens.estimators.mi.ksg import KSGMI
 from dynalens.estimators.mi.lossy import LossyMI
 from dynalens.estimators.mi.neural import MINE, InfoNCE
 from dynalens.estimators.mi.noisy import NoisyChannelMI
+from dynalens.estimators.mi.nsb import NSBMI
+from dynalens.estimators.mi.pym import PYMMI
 from dynalens.estimators.mi.renyi import CauchySchwarzQMI, RenyiMI
 
 __all__ = [
@@ -29,13 +33,17 @@ __all__ = [
     "KSGMI",
     "METHODS",
     "MINE",
+    "NSBMI",
+    "PYMMI",
     "AdaptiveBinningMI",
     "AutoMI",
     "BinningMI",
     "BinningWarning",
     "CauchySchwarzQMI",
+    "ChaoShenMI",
     "GaussianCopulaMI",
     "GaussianMI",
+    "GrassbergerMI",
     "InfoNCE",
     "LossyMI",
     "MIEstimator",

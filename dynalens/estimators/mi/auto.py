@@ -5,8 +5,13 @@ The rules, in order (the first that applies wins; the reason is recorded in
 
 1. ``noise_var`` given → ``noisy`` (the known-channel estimator of a stochastic layer;
    x is the conditioning variable, y the layer's clean activations).
-2. both variables discrete → ``binning`` (exact plug-in on the symbols, Miller-Madow
-   corrected).
+2. both variables discrete → chosen by the coincidence structure (the Good-Turing coverage
+   1 - f1/n of the counts that carry the MI; see the table of
+   :func:`~dynalens.estimators.mi._counts.discrete_choice`):
+   ``chao_shen`` when most samples are singletons (coverage < 0.5), ``grassberger`` for an
+   undersampled tail (0.5-0.99), ``binning`` (plug-in) when well sampled (>= 0.99); refused
+   when no value repeats. MI = H(x) + H(y) - H(x, y) with the same estimator, so a
+   deterministic y = f(x) gives exactly H(y).
 3. one discrete, one continuous:
 
    * if the discrete one is (almost) all distinct rows — e.g. the 4096 inputs of the
@@ -46,12 +51,16 @@ from dynalens.errors import EstimatorRegimeError
 from dynalens.estimators.mi._base import MIEstimator, MIResult, Variable
 from dynalens.estimators.mi.adaptive_binning import AdaptiveBinningMI
 from dynalens.estimators.mi.binning import BinningMI
+from dynalens.estimators.mi.chao_shen import ChaoShenMI
 from dynalens.estimators.mi.gaussian import GaussianCopulaMI, GaussianMI
+from dynalens.estimators.mi.grassberger import GrassbergerMI
 from dynalens.estimators.mi.kde import KDEMI
 from dynalens.estimators.mi.ksg import KSGMI
 from dynalens.estimators.mi.lossy import LossyMI
 from dynalens.estimators.mi.neural import MINE, InfoNCE
 from dynalens.estimators.mi.noisy import NoisyChannelMI
+from dynalens.estimators.mi.nsb import NSBMI
+from dynalens.estimators.mi.pym import PYMMI
 from dynalens.estimators.mi.renyi import CauchySchwarzQMI, RenyiMI
 
 __all__ = ["REGISTRY", "AutoMI", "select_method"]
@@ -61,6 +70,10 @@ REGISTRY: dict[str, type[MIEstimator]] = {
     cls.name: cls
     for cls in (
         BinningMI,
+        GrassbergerMI,
+        ChaoShenMI,
+        NSBMI,
+        PYMMI,
         AdaptiveBinningMI,
         KDEMI,
         KSGMI,
@@ -95,7 +108,9 @@ def select_method(vx: Variable, vy: Variable, noise_var: float | None) -> tuple[
             "(clean activations) given x"
         )
     if vx.discrete and vy.discrete:
-        return "binning", "both variables discrete: exact plug-in entropies of the symbols"
+        from dynalens.estimators.mi._counts import discrete_choice
+
+        return discrete_choice(vx, vy)
     if vx.discrete != vy.discrete:
         disc = vx if vx.discrete else vy
         if _mostly_distinct(disc):
