@@ -27,6 +27,7 @@ from dynalens.estimators.mi.noisy import NoisyChannelMI
 from dynalens.estimators.mi.nsb import NSBMI
 from dynalens.estimators.mi.pym import PYMMI
 from dynalens.estimators.mi.renyi import CauchySchwarzQMI, RenyiMI
+from dynalens.estimators.mi.zero_split import ZeroSplitMI
 
 __all__ = [
     "KDEMI",
@@ -50,6 +51,7 @@ __all__ = [
     "MIResult",
     "NoisyChannelMI",
     "RenyiMI",
+    "ZeroSplitMI",
     "cost_limits",
     "entropy",
     "make_estimator",

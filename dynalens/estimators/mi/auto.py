@@ -19,13 +19,18 @@ The rules, in order (the first that applies wins; the reason is recorded in
      of a deterministic continuous layer over distinct inputs is H(X) for any injective
      layer (infinite for continuous X), so no estimator can give a meaningful number. Pass
      ``noise_var`` (stochastic layer) or ask for ``method="binning"`` explicitly;
+   * if the continuous one has exact zeros (a ReLU layer) → ``zero_split`` (plug-in
+     I(label; zero pattern) + Ross within each pattern);
    * otherwise → ``ksg`` (Ross 2014 estimator for a continuous variable and a label).
 4. both continuous, more than 20 joint dimensions (a wide layer) → refuse: KSG is biased
    toward 0 there (a 1000-unit layer with 500 samples and a true 2.31 nats came back as
    0.003), so ``auto`` names the defensible choices instead: ``method="lossy"`` (a lower
    bound by data processing), ``noise_var`` (exact in any width), ``method="gaussian"``, or
    ``method="ksg"`` to accept the bias.
-5. both continuous → ``ksg`` (KSG-1, standardised, Gao et al. tie handling), then a
+5. both continuous, one with exact zeros in some column beside non-zero values (ReLU units
+   that are off on some inputs; faces of every dimension, where KSG and the Gao et al.
+   mixture are biased) → ``zero_split`` (chain rule over the zero pattern).
+6. both continuous → ``ksg`` (KSG-1, standardised, Gao et al. tie handling), then a
    convergence check: KSG is re-run on the two halves of the sample. A deterministic
    relation y = f(x) of continuous variables (infinite MI) makes the estimate grow by
    log 2 per doubling of n for ever (``mutual_information(x, 2 * x)`` = log(n / k)); a
@@ -62,6 +67,7 @@ from dynalens.estimators.mi.noisy import NoisyChannelMI
 from dynalens.estimators.mi.nsb import NSBMI
 from dynalens.estimators.mi.pym import PYMMI
 from dynalens.estimators.mi.renyi import CauchySchwarzQMI, RenyiMI
+from dynalens.estimators.mi.zero_split import ZeroSplitMI, zero_inflated
 
 __all__ = ["REGISTRY", "AutoMI", "select_method"]
 
@@ -74,6 +80,7 @@ REGISTRY: dict[str, type[MIEstimator]] = {
         ChaoShenMI,
         NSBMI,
         PYMMI,
+        ZeroSplitMI,
         AdaptiveBinningMI,
         KDEMI,
         KSGMI,
@@ -90,6 +97,10 @@ REGISTRY: dict[str, type[MIEstimator]] = {
 
 #: methods that take ``noise_var``
 NOISE_METHODS = ("noisy", "kde", "lossy")
+ZERO_REASON = (
+    "a continuous variable has exact zeros (ReLU units that are off): chain rule over the "
+    "zero pattern, I(x; pattern) + sum_p p(p) I(x; active units | p); "
+)
 HIGH_DIM = 20
 
 
@@ -121,6 +132,8 @@ def select_method(vx: Variable, vy: Variable, noise_var: float | None) -> tuple[
                 "estimator can say anything about T. Pass noise_var=... (stochastic layer, "
                 "method 'noisy'), or method='binning' to reproduce Shwartz-Ziv & Tishby."
             )
+        if zero_inflated(vx) or zero_inflated(vy):
+            return "zero_split", ZERO_REASON + "a label vs a ReLU layer"
         return "ksg", "one discrete, one continuous variable: Ross (2014) kNN estimator"
     d = vx.d + vy.d
     if d > HIGH_DIM:
@@ -134,6 +147,8 @@ def select_method(vx: Variable, vy: Variable, noise_var: float | None) -> tuple[
             "known-channel estimator is exact in any width), method='gaussian' (exact for "
             f"Gaussian data, needs n > {d + 1}), or method='ksg' to accept the downward bias."
         )
+    if zero_inflated(vx) or zero_inflated(vy):
+        return "zero_split", ZERO_REASON + "both continuous"
     return "ksg", "both continuous: KSG-1 (max-norm, standardised, Gao et al. ties)"
 
 
