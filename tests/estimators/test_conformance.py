@@ -22,6 +22,7 @@ from dynalens.estimators import (
     InfoNCE,
     LossyMI,
     NoisyChannelMI,
+    ObservedNoisyMI,
     RenyiMI,
     ZeroSplitMI,
 )
@@ -61,8 +62,8 @@ def _symbols(n: int = 400, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 #: the count-based estimators take discrete data only
 DISCRETE = [GrassbergerMI(), ChaoShenMI(), NSBMI(alphabet_size=300), PYMMI()]
-#: checked in test_zero_split.py on ReLU data
-OTHER = [ZeroSplitMI()]
+#: checked in test_zero_split.py / test_observed_noisy.py on their own data
+OTHER = [ZeroSplitMI(), ObservedNoisyMI(noise_var=1.0)]
 
 
 @pytest.mark.parametrize("est", DISCRETE, ids=lambda e: type(e).__name__)

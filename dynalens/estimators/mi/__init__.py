@@ -25,6 +25,7 @@ from dynalens.estimators.mi.lossy import LossyMI
 from dynalens.estimators.mi.neural import MINE, InfoNCE
 from dynalens.estimators.mi.noisy import NoisyChannelMI
 from dynalens.estimators.mi.nsb import NSBMI
+from dynalens.estimators.mi.observed import ObservedNoisyMI
 from dynalens.estimators.mi.pym import PYMMI
 from dynalens.estimators.mi.renyi import CauchySchwarzQMI, RenyiMI
 from dynalens.estimators.mi.zero_split import ZeroSplitMI
@@ -50,6 +51,7 @@ __all__ = [
     "MIEstimator",
     "MIResult",
     "NoisyChannelMI",
+    "ObservedNoisyMI",
     "RenyiMI",
     "ZeroSplitMI",
     "cost_limits",

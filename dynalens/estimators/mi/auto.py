@@ -3,8 +3,11 @@
 The rules, in order (the first that applies wins; the reason is recorded in
 ``result.details["auto_reason"]``):
 
-1. ``noise_var`` given → ``noisy`` (the known-channel estimator of a stochastic layer;
-   x is the conditioning variable, y the layer's clean activations).
+1. ``noise_var`` given → what y holds is detected from repeated inputs: if some x repeats
+   with different y rows, y is the *observed* noisy layer → ``noisy_observed``
+   (h(y) - h(noise), h(noise) exact); if every repeat has identical y rows, or no x
+   repeats, y is taken as the clean activations → ``noisy`` (the known-channel estimator;
+   the reason says which case applied, and ``method="noisy_observed"`` overrides).
 2. both variables discrete → chosen by the coincidence structure (the Good-Turing coverage
    1 - f1/n of the counts that carry the MI; see the table of
    :func:`~dynalens.estimators.mi._counts.discrete_choice`):
@@ -65,6 +68,7 @@ from dynalens.estimators.mi.lossy import LossyMI
 from dynalens.estimators.mi.neural import MINE, InfoNCE
 from dynalens.estimators.mi.noisy import NoisyChannelMI
 from dynalens.estimators.mi.nsb import NSBMI
+from dynalens.estimators.mi.observed import ObservedNoisyMI
 from dynalens.estimators.mi.pym import PYMMI
 from dynalens.estimators.mi.renyi import CauchySchwarzQMI, RenyiMI
 from dynalens.estimators.mi.zero_split import ZeroSplitMI, zero_inflated
@@ -87,6 +91,7 @@ REGISTRY: dict[str, type[MIEstimator]] = {
         GaussianMI,
         GaussianCopulaMI,
         NoisyChannelMI,
+        ObservedNoisyMI,
         LossyMI,
         RenyiMI,
         CauchySchwarzQMI,
@@ -96,7 +101,7 @@ REGISTRY: dict[str, type[MIEstimator]] = {
 }
 
 #: methods that take ``noise_var``
-NOISE_METHODS = ("noisy", "kde", "lossy")
+NOISE_METHODS = ("noisy", "noisy_observed", "kde", "lossy")
 ZERO_REASON = (
     "a continuous variable has exact zeros (ReLU units that are off): chain rule over the "
     "zero pattern, I(x; pattern) + sum_p p(p) I(x; active units | p); "
@@ -114,9 +119,24 @@ def select_method(vx: Variable, vy: Variable, noise_var: float | None) -> tuple[
     """(method, reason) for validated variables; raises EstimatorRegimeError where no
     estimator can give a meaningful number."""
     if noise_var is not None:
+        from dynalens.estimators.mi.observed import varies_within_inputs
+
+        varies = varies_within_inputs(vx, vy)
+        if varies:
+            return "noisy_observed", (
+                "noise_var given and y differs between repeats of the same x, so y holds the "
+                "observed noisy layer (a clean layer is a function of x): h(y) - h(noise) "
+                "with h(noise) exact and h(y) by Kozachenko-Leonenko"
+            )
+        how = (
+            "y is identical across repeats of each x, so it holds the clean activations"
+            if varies is False
+            else "no x repeats, so y is taken as the clean activations (if y holds the "
+            "observed noisy layer, pass method='noisy_observed')"
+        )
         return "noisy", (
-            "noise_var given: known-channel Monte-Carlo estimate of the stochastic layer y "
-            "(clean activations) given x"
+            f"noise_var given and {how}: known-channel Monte-Carlo estimate of the stochastic "
+            "layer y given x"
         )
     if vx.discrete and vy.discrete:
         from dynalens.estimators.mi._counts import discrete_choice
