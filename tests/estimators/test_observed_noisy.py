@@ -58,6 +58,7 @@ def test_without_repeats_auto_says_it_assumes_clean():
     c = np.tanh(rng.normal(size=(300, 1)))
     res = mutual_information(x, c, noise_var=0.1, return_result=True)
     assert res.method == "noisy" and "method='noisy_observed'" in res.details["auto_reason"]
+    assert "does not repeat" in res.details["auto_reason"]
 
 
 def test_noise_var_changes_the_estimate_and_k_is_used():
@@ -72,3 +73,20 @@ def test_conformance():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(400, 2))
     check_estimator(ObservedNoisyMI(noise_var=1.0), (x, x + rng.normal(size=(400, 2))))
+
+
+def test_labels_against_an_observed_noisy_layer():
+    """x = labels: I(Y; T) = h(T) - sum_y p(y) h(T|y) (not h(T) - h(N)). T = X + N(0, s2)
+    with X | y ~ N(+-1, 1): T | y ~ N(+-1, 1 + s2), truth by quadrature."""
+    from dynalens.datasets.mi_tasks import gaussian_classes_task
+
+    s2 = 0.5
+    x, y, _ = gaussian_classes_task(4000, d=1, separation=2.0, seed=3)
+    t = x + math.sqrt(s2) * np.random.default_rng(4).normal(size=x.shape)
+    truth = gaussian_classes_task(10, d=1, separation=2.0 / math.sqrt(1 + s2))[2]
+    res = mutual_information(y, t, method="noisy_observed", noise_var=s2, return_result=True)
+    assert res.details["conditioning"].startswith("classes")
+    assert abs(res.estimate - truth) < 0.05, (res.estimate, truth)
+    # auto with labels keeps the clean reading (rows of a class are different inputs)
+    auto = mutual_information(y, t, noise_var=s2, return_result=True)
+    assert auto.method == "noisy" and "class labels" in auto.details["auto_reason"]

@@ -11,7 +11,9 @@ The rules, in order (the first that applies wins; the reason is recorded in
 2. both variables discrete → chosen by the coincidence structure (the Good-Turing coverage
    1 - f1/n of the counts that carry the MI; see the table of
    :func:`~dynalens.estimators.mi._counts.discrete_choice`):
-   ``chao_shen`` when most samples are singletons (coverage < 0.5), ``grassberger`` for an
+   ``chao_shen`` when most samples are singletons (coverage < 0.5) and one variable is a
+   function of the other, ``binning`` when most joint samples are singletons otherwise
+   (H(y|x) unresolved: the reason says the number is coarse), ``grassberger`` for an
    undersampled tail (0.5-0.99), ``binning`` (plug-in) when well sampled (>= 0.99); refused
    when no value repeats. MI = H(x) + H(y) - H(x, y) with the same estimator, so a
    deterministic y = f(x) gives exactly H(y).
@@ -40,6 +42,26 @@ The rules, in order (the first that applies wins; the reason is recorded in
    dependence beyond what n samples resolve grows almost as fast (kNN estimators need about
    exp(I) samples; Gao, Ver Steeg & Galstyan 2015, AISTATS). When the full-sample estimate
    exceeds the half-sample one by more than half of log 2, ``auto`` refuses and says why.
+
+Decision table (first matching row wins; n samples, d joint dimensions):
+
+=================  ==================================  ===============================
+noise hint         data                                method
+=================  ==================================  ===============================
+noise_var          x repeats, y differs within repeats ``noisy_observed``
+noise_var          otherwise                           ``noisy`` (y = clean activations)
+--                 both discrete, no value repeats     refused
+--                 both discrete, coverage < 0.5       ``chao_shen`` (y = f(x) or x = f(y))
+                                                       / ``binning`` (coarse, joint)
+--                 both discrete, coverage 0.5-0.99    ``grassberger``
+--                 both discrete, coverage >= 0.99     ``binning``
+--                 label vs continuous, label distinct refused
+--                 label vs ReLU (exact zeros)         ``zero_split``
+--                 label vs continuous                 ``ksg`` (Ross)
+--                 continuous, d > 20                  refused (names the alternatives)
+--                 continuous with exact zeros         ``zero_split``
+--                 continuous                          ``ksg`` + convergence check
+=================  ==================================  ===============================
 
 Discreteness (when ``x_discrete`` / ``y_discrete`` are None), the same whatever the dtype:
 integer or bool dtype, or floats whose every column is whole-valued or binary (two
@@ -131,8 +153,8 @@ def select_method(vx: Variable, vy: Variable, noise_var: float | None) -> tuple[
         how = (
             "y is identical across repeats of each x, so it holds the clean activations"
             if varies is False
-            else "no x repeats, so y is taken as the clean activations (if y holds the "
-            "observed noisy layer, pass method='noisy_observed')"
+            else "x does not repeat or holds class labels, so y is taken as the clean "
+            "activations (if y holds the observed noisy layer, pass method='noisy_observed')"
         )
         return "noisy", (
             f"noise_var given and {how}: known-channel Monte-Carlo estimate of the stochastic "

@@ -8,7 +8,10 @@ estimator (``noisy``) needs. Then, in nats,
 .. math:: I(X; T) = h(T) - h(T | X) = h(T) - h(N), \qquad
           h(N) = \tfrac d2 \log(2\pi e σ^2)
 
-exactly, and only :math:`h(T)` is estimated, here with the Kozachenko-Leonenko kNN
+exactly when x are the inputs (x determines the clean layer), and only :math:`h(T)` is
+estimated. When x holds class labels (``CLASS_GROUP`` = 10 or more rows per value on
+average), :math:`I(Y; T) = h(T) - \sum_y p(y)\, h(T | y)`, each class's entropy estimated
+the same way. Entropies are estimated here with the Kozachenko-Leonenko kNN
 estimator (max-norm, averaged over ``k``; Kozachenko & Leonenko 1987, Kraskov et al. 2004
 eq. 20), consistent for the smooth density of T (a Gaussian mixture). The result carries
 bounds that need no estimate of h(T): :math:`0 \le I(X;T) \le \min(H(X),
@@ -34,18 +37,23 @@ from typing import Any
 import torch
 
 from dynalens._validation import check_int
-from dynalens.errors import InvalidParameterError
+from dynalens.errors import EstimatorRegimeError, InvalidParameterError
 from dynalens.estimators.mi._base import MIEstimator, MIResult, Variable, plugin_entropy, symbols
 
-__all__ = ["ObservedNoisyMI", "varies_within_inputs"]
+__all__ = ["CLASS_GROUP", "ObservedNoisyMI", "varies_within_inputs"]
+
+#: x with at least this many rows per distinct value on average is read as class labels
+CLASS_GROUP = 10
 
 
 def varies_within_inputs(vx: Variable, vy: Variable) -> bool | None:
     """True when some repeated row of x comes with different rows of y (y is stochastic
-    given x), False when every repeat has identical y rows, None when no row of x repeats."""
+    given x), False when every repeat has identical y rows, None when no row of x repeats
+    or x looks like class labels (``CLASS_GROUP`` or more rows per value on average: rows of
+    one class are different inputs, so their layers differ anyway)."""
     sx = symbols(vx.data)
     counts = torch.bincount(sx)
-    if bool((counts < 2).all()):
+    if bool((counts < 2).all()) or vx.n / counts.numel() >= CLASS_GROUP:
         return None
     sy = symbols(vy.data)
     from dynalens.kernels.binning import pattern_symbols
@@ -89,17 +97,39 @@ class ObservedNoisyMI(MIEstimator):
         }
 
     def _estimate(self, vx: Variable, vy: Variable, params: dict[str, Any]) -> MIResult:
-        from dynalens.estimators.mi.ksg import kl_entropy
-
         var, n, d = params["noise_var"], vy.n, vy.d
         if max(params["k"]) >= n:
             raise InvalidParameterError(f"k must be below the number of samples ({n}).")
         t = vy.data.to(torch.float64)
-        h_t = sum(kl_entropy(t, k) for k in params["k"]) / len(params["k"])
+        h_t = self._h(t, params["k"])
         h_noise = 0.5 * d * math.log(2 * math.pi * math.e * var)
-        h_x, _ = plugin_entropy(symbols(vx.data))
+        sx = symbols(vx.data)
+        h_x, m = plugin_entropy(sx)
+        details: dict[str, Any] = {"h_t": h_t, "h_noise": h_noise, "h_x": h_x}
+        if n / m < CLASS_GROUP:
+            # x = the inputs: T | x is the noise alone, h(T | X) = h(N) exactly
+            details["conditioning"] = "inputs: h(T|X) = h(N)"
+            h_cond = h_noise
+        else:
+            # x = classes (labels): h(T | y) of each class's mixture, by Kozachenko-Leonenko
+            details["conditioning"] = "classes: h(T|Y) = sum_y p(y) h(T|y), KL per class"
+            counts = torch.bincount(sx)
+            if int(counts.min()) <= max(params["k"]):
+                raise EstimatorRegimeError(
+                    f"x has a class with {int(counts.min())} rows, too few for the kNN entropy "
+                    f"of T within it (k = {max(params['k'])}); merge rare classes."
+                )
+            h_cond = sum(
+                float(c) / n * self._h(t[sx == j], params["k"]) for j, c in enumerate(counts)
+            )
         cov = torch.atleast_2d(torch.cov(t.T)) if n > 1 else torch.eye(d, dtype=t.dtype)
         gauss = 0.5 * float(torch.linalg.slogdet(cov / var)[1])
+        details["gaussian_bound"] = gauss
         upper = max(0.0, min(h_x, gauss))
-        details = {"h_t": h_t, "h_noise": h_noise, "h_x": h_x, "gaussian_bound": gauss}
-        return self._result(h_t - h_noise, n, params, lower=0.0, upper=upper, details=details)
+        return self._result(h_t - h_cond, n, params, lower=0.0, upper=upper, details=details)
+
+    @staticmethod
+    def _h(t: torch.Tensor, ks: tuple[int, ...]) -> float:
+        from dynalens.estimators.mi.ksg import kl_entropy
+
+        return sum(kl_entropy(t, k) for k in ks) / len(ks)
