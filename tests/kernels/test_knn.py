@@ -258,7 +258,6 @@ def test_single_threaded_counts_keep_the_tree_up_to_8_dims():
     force L-inf counts were chosen from 5 dims on, at twice their 2-thread cost; KSG at
     n = 10k, d = 5 + 5 took 1.1 s instead of 0.6 s."""
     from dynalens._threads import limit_threads
-    from dynalens.kernels import _knn_cpu
 
     with limit_threads(1):
         assert _knn_cpu._always_tree_dim() == _knn_cpu.SINGLE_THREAD_TREE_DIM == 8
