@@ -26,8 +26,8 @@ mixing density of the authors' reference implementation). In (α, d) coordinates
 .. math:: \hat H_{PYM} = \frac{\iint p(α, d)\, p(n|d, α)\, E[H|d, α, n]}
           {\iint p(α, d)\, p(n|d, α)}
 
-is integrated on a (log α, logit d) grid refined around the posterior mass (agrees with
-adaptive quadrature of the same integral, see the tests).
+is integrated on a (log α, logit d) grid refined around the posterior mass (agrees with a
+600 x 600 Gauss-Legendre rule over the whole range to 1e-4 nats, see the tests).
 
 Bias: small for power-law tails on large alphabets as long as values repeat (p ~ i^-1.5
 over 10^6 symbols, n = 1000: 0.10 nats where plug-in is 0.37 low); *upward* on finite
