@@ -14,7 +14,11 @@ d = 5 and 25, at equal or lower error.
 Timings: best of ``--repeats`` calls (default 3; 2 for the ~1-minute textbook 25+25-D run),
 after a warm-up at n = 1k. The load average before and after the run is recorded.
 
-Run: .venv/bin/python benchmarks/bench_mi.py [--quick] [--repeats R]
+Issue 15 regimes (benchmarks/_mi_regimes.py): undersampled discrete, mixed / zero-inflated
+and noisy-observed layers with exact truths, auto now vs the estimator auto used before,
+MAE per family at n = 1k and 10k (``regime_summary`` in the JSON).
+
+Run: .venv/bin/python benchmarks/bench_mi.py [--quick] [--repeats R] [--regimes-only]
 """
 
 from __future__ import annotations
@@ -192,8 +196,28 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="skip the 58-s textbook 25+25-D run")
     ap.add_argument("--repeats", type=int, default=3, help="timed calls per case (best kept)")
+    ap.add_argument(
+        "--regimes-only",
+        action="store_true",
+        help="run only the issue-15 regimes (keeps the other rows of the last full run)",
+    )
     args = ap.parse_args()
     load_start = os.getloadavg()
+    sys.path.insert(0, str(Path(__file__).parent))
+    from _mi_regimes import family_summary, regime_rows
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the regimes run single-threaded (shared machine)
+    regimes = regime_rows((1000, 10000), textbook_ksg)
+    torch.set_num_threads(threads)  # the KSG speed rows keep their measured conditions
+    summary = family_summary(regimes)
+    print(json.dumps(summary, indent=1))
+    if args.regimes_only and RESULTS.exists():
+        old = json.loads(RESULTS.read_text())
+        old.update(regimes=regimes, regime_summary=summary)
+        old.setdefault("machine", {})["loadavg_regimes"] = [load_start, os.getloadavg()]
+        RESULTS.write_text(json.dumps(old, indent=1))
+        return
     rows = gaussian_rows([1000, 10000], [1, 5, 25], args.quick, args.repeats)
     rows += tishby_rows()
     goals = {}
@@ -231,6 +255,8 @@ def main() -> None:
         ),
         "rows": rows,
         "goal_3x": goals,
+        "regimes": regimes,
+        "regime_summary": summary,
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     if RESULTS.exists():  # rows added by bench_mi_bmi.py (its own environment) are kept

@@ -208,6 +208,13 @@ def ksg_counts(x: Any, y: Any, k: int, *, variant: int = 1, backend: Backend = "
         and _knn_cpu.tree_counts_apply(x, "max")
         and _knn_cpu.tree_counts_apply(y, "max")
     )
-    if use_trees:
-        return _composed(x, y, k, variant, "torch")
-    return _fused_brute(x, y, k, variant)
+    from dynalens._threads import limit_threads
+
+    # One torch thread on CPU: a torch thread pool spins under CPU contention. Measured at
+    # n = 10k on the shared 2-core machine: d = 5 + 5 (trees; scipy still parallelises its
+    # queries) 7.7 s with 2 torch threads vs 1.4 s with 1 (load 3-5); d = 25 + 25 (fused
+    # brute force) 1.7 s with 2 threads at load 2, 23 s at load 3-4, 4.6 s with 1 at load 7.
+    with limit_threads(1 if x.device.type == "cpu" else None):
+        if use_trees:
+            return _composed(x, y, k, variant, "torch")
+        return _fused_brute(x, y, k, variant)

@@ -9,16 +9,22 @@ from dynalens.estimators import (
     KDEMI,
     KSGMI,
     MINE,
+    NSBMI,
+    PYMMI,
     AdaptiveBinningMI,
     AutoMI,
     BinningMI,
     CauchySchwarzQMI,
+    ChaoShenMI,
     GaussianCopulaMI,
     GaussianMI,
+    GrassbergerMI,
     InfoNCE,
     LossyMI,
     NoisyChannelMI,
+    ObservedNoisyMI,
     RenyiMI,
+    ZeroSplitMI,
 )
 from dynalens.estimators.mi.auto import REGISTRY
 from dynalens.testing.estimators import check_estimator
@@ -47,8 +53,26 @@ def test_check_estimator(est):
     check_estimator(est)
 
 
+def _symbols(n: int = 400, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Discrete, dependent, undersampled symbols for the count-based estimators."""
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 300, n)
+    return x, np.where(rng.random(n) < 0.2, rng.integers(0, 300, n), x // 2)
+
+
+#: the count-based estimators take discrete data only
+DISCRETE = [GrassbergerMI(), ChaoShenMI(), NSBMI(alphabet_size=300), PYMMI()]
+#: checked in test_zero_split.py / test_observed_noisy.py on their own data
+OTHER = [ZeroSplitMI(), ObservedNoisyMI(noise_var=1.0)]
+
+
+@pytest.mark.parametrize("est", DISCRETE, ids=lambda e: type(e).__name__)
+def test_check_estimator_discrete(est):
+    check_estimator(est, _symbols())
+
+
 def test_every_registered_class_is_checked():
-    assert {type(e) for e in CHEAP} >= set(REGISTRY.values())
+    assert {type(e) for e in CHEAP + DISCRETE + OTHER} >= set(REGISTRY.values())
 
 
 def test_check_estimator_catches_a_broken_estimator():

@@ -16,32 +16,44 @@ from dynalens.estimators.mi._cost import cost_limits
 from dynalens.estimators.mi.adaptive_binning import AdaptiveBinningMI
 from dynalens.estimators.mi.auto import NOISE_METHODS, REGISTRY, AutoMI, select_method
 from dynalens.estimators.mi.binning import BinningMI
+from dynalens.estimators.mi.chao_shen import ChaoShenMI
 from dynalens.estimators.mi.gaussian import GaussianCopulaMI, GaussianMI
+from dynalens.estimators.mi.grassberger import GrassbergerMI
 from dynalens.estimators.mi.kde import KDEMI
 from dynalens.estimators.mi.ksg import KSGMI
 from dynalens.estimators.mi.lossy import LossyMI
 from dynalens.estimators.mi.neural import MINE, InfoNCE
 from dynalens.estimators.mi.noisy import NoisyChannelMI
+from dynalens.estimators.mi.nsb import NSBMI
+from dynalens.estimators.mi.observed import ObservedNoisyMI
+from dynalens.estimators.mi.pym import PYMMI
 from dynalens.estimators.mi.renyi import CauchySchwarzQMI, RenyiMI
+from dynalens.estimators.mi.zero_split import ZeroSplitMI
 
 __all__ = [
     "KDEMI",
     "KSGMI",
     "METHODS",
     "MINE",
+    "NSBMI",
+    "PYMMI",
     "AdaptiveBinningMI",
     "AutoMI",
     "BinningMI",
     "BinningWarning",
     "CauchySchwarzQMI",
+    "ChaoShenMI",
     "GaussianCopulaMI",
     "GaussianMI",
+    "GrassbergerMI",
     "InfoNCE",
     "LossyMI",
     "MIEstimator",
     "MIResult",
     "NoisyChannelMI",
+    "ObservedNoisyMI",
     "RenyiMI",
+    "ZeroSplitMI",
     "cost_limits",
     "entropy",
     "make_estimator",

@@ -3,10 +3,20 @@
 The rules, in order (the first that applies wins; the reason is recorded in
 ``result.details["auto_reason"]``):
 
-1. ``noise_var`` given → ``noisy`` (the known-channel estimator of a stochastic layer;
-   x is the conditioning variable, y the layer's clean activations).
-2. both variables discrete → ``binning`` (exact plug-in on the symbols, Miller-Madow
-   corrected).
+1. ``noise_var`` given → what y holds is detected from repeated inputs: if some x repeats
+   with different y rows, y is the *observed* noisy layer → ``noisy_observed``
+   (h(y) - h(noise), h(noise) exact); if every repeat has identical y rows, or no x
+   repeats, y is taken as the clean activations → ``noisy`` (the known-channel estimator;
+   the reason says which case applied, and ``method="noisy_observed"`` overrides).
+2. both variables discrete → chosen by the coincidence structure (the Good-Turing coverage
+   1 - f1/n of the counts that carry the MI; see the table of
+   :func:`~dynalens.estimators.mi._counts.discrete_choice`):
+   ``chao_shen`` when most samples are singletons (coverage < 0.5) and one variable is a
+   function of the other, ``binning`` when most joint samples are singletons otherwise
+   (H(y|x) unresolved: the reason says the number is coarse), ``grassberger`` for an
+   undersampled tail (0.5-0.99), ``binning`` (plug-in) when well sampled (>= 0.99); refused
+   when no value repeats. MI = H(x) + H(y) - H(x, y) with the same estimator, so a
+   deterministic y = f(x) gives exactly H(y).
 3. one discrete, one continuous:
 
    * if the discrete one is (almost) all distinct rows — e.g. the 4096 inputs of the
@@ -14,19 +24,44 @@ The rules, in order (the first that applies wins; the reason is recorded in
      of a deterministic continuous layer over distinct inputs is H(X) for any injective
      layer (infinite for continuous X), so no estimator can give a meaningful number. Pass
      ``noise_var`` (stochastic layer) or ask for ``method="binning"`` explicitly;
+   * if the continuous one has exact zeros (a ReLU layer) → ``zero_split`` (plug-in
+     I(label; zero pattern) + Ross within each pattern);
    * otherwise → ``ksg`` (Ross 2014 estimator for a continuous variable and a label).
 4. both continuous, more than 20 joint dimensions (a wide layer) → refuse: KSG is biased
    toward 0 there (a 1000-unit layer with 500 samples and a true 2.31 nats came back as
    0.003), so ``auto`` names the defensible choices instead: ``method="lossy"`` (a lower
    bound by data processing), ``noise_var`` (exact in any width), ``method="gaussian"``, or
    ``method="ksg"`` to accept the bias.
-5. both continuous → ``ksg`` (KSG-1, standardised, Gao et al. tie handling), then a
+5. both continuous, one with exact zeros in some column beside non-zero values (ReLU units
+   that are off on some inputs; faces of every dimension, where KSG and the Gao et al.
+   mixture are biased) → ``zero_split`` (chain rule over the zero pattern).
+6. both continuous → ``ksg`` (KSG-1, standardised, Gao et al. tie handling), then a
    convergence check: KSG is re-run on the two halves of the sample. A deterministic
    relation y = f(x) of continuous variables (infinite MI) makes the estimate grow by
    log 2 per doubling of n for ever (``mutual_information(x, 2 * x)`` = log(n / k)); a
    dependence beyond what n samples resolve grows almost as fast (kNN estimators need about
    exp(I) samples; Gao, Ver Steeg & Galstyan 2015, AISTATS). When the full-sample estimate
    exceeds the half-sample one by more than half of log 2, ``auto`` refuses and says why.
+
+Decision table (first matching row wins; n samples, d joint dimensions):
+
+=================  ==================================  ===============================
+noise hint         data                                method
+=================  ==================================  ===============================
+noise_var          x repeats, y differs within repeats ``noisy_observed``
+noise_var          otherwise                           ``noisy`` (y = clean activations)
+--                 both discrete, no value repeats     refused
+--                 both discrete, coverage < 0.5       ``chao_shen`` (y = f(x) or x = f(y))
+                                                       / ``binning`` (coarse, joint)
+--                 both discrete, coverage 0.5-0.99    ``grassberger``
+--                 both discrete, coverage >= 0.99     ``binning``
+--                 label vs continuous, label distinct refused
+--                 label vs ReLU (exact zeros)         ``zero_split``
+--                 label vs continuous                 ``ksg`` (Ross)
+--                 continuous, d > 20                  refused (names the alternatives)
+--                 continuous with exact zeros         ``zero_split``
+--                 continuous                          ``ksg`` + convergence check
+=================  ==================================  ===============================
 
 Discreteness (when ``x_discrete`` / ``y_discrete`` are None), the same whatever the dtype:
 integer or bool dtype, or floats whose every column is whole-valued or binary (two
@@ -46,13 +81,19 @@ from dynalens.errors import EstimatorRegimeError
 from dynalens.estimators.mi._base import MIEstimator, MIResult, Variable
 from dynalens.estimators.mi.adaptive_binning import AdaptiveBinningMI
 from dynalens.estimators.mi.binning import BinningMI
+from dynalens.estimators.mi.chao_shen import ChaoShenMI
 from dynalens.estimators.mi.gaussian import GaussianCopulaMI, GaussianMI
+from dynalens.estimators.mi.grassberger import GrassbergerMI
 from dynalens.estimators.mi.kde import KDEMI
 from dynalens.estimators.mi.ksg import KSGMI
 from dynalens.estimators.mi.lossy import LossyMI
 from dynalens.estimators.mi.neural import MINE, InfoNCE
 from dynalens.estimators.mi.noisy import NoisyChannelMI
+from dynalens.estimators.mi.nsb import NSBMI
+from dynalens.estimators.mi.observed import ObservedNoisyMI
+from dynalens.estimators.mi.pym import PYMMI
 from dynalens.estimators.mi.renyi import CauchySchwarzQMI, RenyiMI
+from dynalens.estimators.mi.zero_split import ZeroSplitMI, zero_inflated
 
 __all__ = ["REGISTRY", "AutoMI", "select_method"]
 
@@ -61,12 +102,18 @@ REGISTRY: dict[str, type[MIEstimator]] = {
     cls.name: cls
     for cls in (
         BinningMI,
+        GrassbergerMI,
+        ChaoShenMI,
+        NSBMI,
+        PYMMI,
+        ZeroSplitMI,
         AdaptiveBinningMI,
         KDEMI,
         KSGMI,
         GaussianMI,
         GaussianCopulaMI,
         NoisyChannelMI,
+        ObservedNoisyMI,
         LossyMI,
         RenyiMI,
         CauchySchwarzQMI,
@@ -76,7 +123,11 @@ REGISTRY: dict[str, type[MIEstimator]] = {
 }
 
 #: methods that take ``noise_var``
-NOISE_METHODS = ("noisy", "kde", "lossy")
+NOISE_METHODS = ("noisy", "noisy_observed", "kde", "lossy")
+ZERO_REASON = (
+    "a continuous variable has exact zeros (ReLU units that are off): chain rule over the "
+    "zero pattern, I(x; pattern) + sum_p p(p) I(x; active units | p); "
+)
 HIGH_DIM = 20
 
 
@@ -90,12 +141,29 @@ def select_method(vx: Variable, vy: Variable, noise_var: float | None) -> tuple[
     """(method, reason) for validated variables; raises EstimatorRegimeError where no
     estimator can give a meaningful number."""
     if noise_var is not None:
+        from dynalens.estimators.mi.observed import varies_within_inputs
+
+        varies = varies_within_inputs(vx, vy)
+        if varies:
+            return "noisy_observed", (
+                "noise_var given and y differs between repeats of the same x, so y holds the "
+                "observed noisy layer (a clean layer is a function of x): h(y) - h(noise) "
+                "with h(noise) exact and h(y) by Kozachenko-Leonenko"
+            )
+        how = (
+            "y is identical across repeats of each x, so it holds the clean activations"
+            if varies is False
+            else "x does not repeat or holds class labels, so y is taken as the clean "
+            "activations (if y holds the observed noisy layer, pass method='noisy_observed')"
+        )
         return "noisy", (
-            "noise_var given: known-channel Monte-Carlo estimate of the stochastic layer y "
-            "(clean activations) given x"
+            f"noise_var given and {how}: known-channel Monte-Carlo estimate of the stochastic "
+            "layer y given x"
         )
     if vx.discrete and vy.discrete:
-        return "binning", "both variables discrete: exact plug-in entropies of the symbols"
+        from dynalens.estimators.mi._counts import discrete_choice
+
+        return discrete_choice(vx, vy)
     if vx.discrete != vy.discrete:
         disc = vx if vx.discrete else vy
         if _mostly_distinct(disc):
@@ -106,6 +174,8 @@ def select_method(vx: Variable, vy: Variable, noise_var: float | None) -> tuple[
                 "estimator can say anything about T. Pass noise_var=... (stochastic layer, "
                 "method 'noisy'), or method='binning' to reproduce Shwartz-Ziv & Tishby."
             )
+        if zero_inflated(vx) or zero_inflated(vy):
+            return "zero_split", ZERO_REASON + "a label vs a ReLU layer"
         return "ksg", "one discrete, one continuous variable: Ross (2014) kNN estimator"
     d = vx.d + vy.d
     if d > HIGH_DIM:
@@ -119,6 +189,8 @@ def select_method(vx: Variable, vy: Variable, noise_var: float | None) -> tuple[
             "known-channel estimator is exact in any width), method='gaussian' (exact for "
             f"Gaussian data, needs n > {d + 1}), or method='ksg' to accept the downward bias."
         )
+    if zero_inflated(vx) or zero_inflated(vy):
+        return "zero_split", ZERO_REASON + "both continuous"
     return "ksg", "both continuous: KSG-1 (max-norm, standardised, Gao et al. ties)"
 
 
