@@ -22,3 +22,25 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+def _execute_notebook(path, workdir, timeout: int = 600):
+    """Execute ``path`` in a fresh kernel with ``workdir`` as its working directory; assert
+    that no cell raised and return the executed notebook (cells carry their outputs)."""
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    nb = nbformat.read(path, as_version=4)
+    client = nbclient.NotebookClient(
+        nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(workdir)}}
+    )
+    client.execute()
+    outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs]
+    errors = [o for o in outputs if o.output_type == "error"]
+    assert not errors, f"{path.name}: {errors[0].get('ename')}: {errors[0].get('evalue')}"
+    return nb
+
+
+@pytest.fixture
+def execute_notebook():
+    """The notebook tests' runner: ``execute_notebook(path, tmp_path, timeout=600)``."""
+    return _execute_notebook

@@ -44,16 +44,8 @@ def test_cli_writes_store_figure_and_results(tmp_path, monkeypatch, capsys):
 
 
 @pytest.mark.slow
-def test_notebook_quick_run_shows_the_phase_change(tmp_path):
-    nbformat = pytest.importorskip("nbformat")
-    nbclient = pytest.importorskip("nbclient")
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    client = nbclient.NotebookClient(
-        nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
-    )
-    client.execute()
-    outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs]
-    assert not [o for o in outputs if o.output_type == "error"]
+def test_notebook_quick_run_shows_the_phase_change(execute_notebook, tmp_path):
+    nb = execute_notebook(NOTEBOOK, tmp_path, timeout=600)
     out = tmp_path / "out" / "notebooks" / "induction_heads"
     s = json.loads((out / "results.json").read_text())["summary"]
     # induction heads: near chance at step 0, dominant at the end; previous-token heads too

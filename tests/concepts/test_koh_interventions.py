@@ -65,16 +65,8 @@ def test_cli_quick_run(tmp_path, capsys) -> None:
 
 
 @pytest.mark.slow
-def test_notebook_executes(tmp_path: Path) -> None:
-    nbformat = pytest.importorskip("nbformat")
-    nbclient = pytest.importorskip("nbclient")
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    client = nbclient.NotebookClient(
-        nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
-    )
-    client.execute()
-    outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs]
-    assert not [o for o in outputs if o.output_type == "error"]
+def test_notebook_executes(execute_notebook, tmp_path: Path) -> None:
+    nb = execute_notebook(NOTEBOOK, tmp_path, timeout=600)
     out = tmp_path / "out" / "notebooks" / "koh_interventions"
     assert (out / "results.json").exists() and (out / "store.zarr").exists()
     assert nb.cells[-1].outputs[-1]["data"]["text/plain"] == "True"  # a figure was shown

@@ -34,16 +34,8 @@ def test_cli_quick_writes_store_figure_and_results(tmp_path: Path, capsys) -> No
 
 
 @pytest.mark.slow
-def test_notebook_executes(tmp_path: Path) -> None:
-    nbformat = pytest.importorskip("nbformat")
-    nbclient = pytest.importorskip("nbclient")
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    client = nbclient.NotebookClient(
-        nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
-    )
-    client.execute()
-    outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs]
-    assert not [o for o in outputs if o.output_type == "error"]
+def test_notebook_executes(execute_notebook, tmp_path: Path) -> None:
+    nb = execute_notebook(NOTEBOOK, tmp_path, timeout=300)
     out = tmp_path / "out" / "notebooks" / "concept_location"
     assert (out / "results.json").exists() and (out / "store.zarr").exists()
     assert int(nb.cells[-1].outputs[-1]["data"]["text/plain"]) == 1  # the figure was shown

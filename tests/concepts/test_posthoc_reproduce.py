@@ -11,16 +11,10 @@ NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "posthoc_cbm.ipyn
 
 
 @pytest.mark.slow
-def test_notebook_executes_and_writes_store_figures_results(tmp_path: Path) -> None:
-    nbformat = pytest.importorskip("nbformat")
-    nbclient = pytest.importorskip("nbclient")
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    client = nbclient.NotebookClient(
-        nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
-    )
-    client.execute()
-    outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs]
-    assert not [o for o in outputs if o.output_type == "error"]
+def test_notebook_executes_and_writes_store_figures_results(
+    execute_notebook, tmp_path: Path
+) -> None:
+    execute_notebook(NOTEBOOK, tmp_path, timeout=600)
     out = tmp_path / "out" / "notebooks" / "posthoc-cbm"
     res = json.loads((out / "results.json").read_text())
     assert (out / "store.zarr").exists() and (out / "accuracy.html").exists()
