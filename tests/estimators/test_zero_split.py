@@ -48,7 +48,6 @@ def test_copula_parts_halve_the_ksg_parts_error_for_5_units_at_1k():
     assert np.mean(err_max) < 0.5 * np.mean(err_ksg), (err_max, err_ksg)
 
 
-@pytest.mark.slow
 def test_copula_parts_no_worse_for_5_units_at_10k():
     x, t, truth = relu_gaussian_task(10000, 5, seed=5)
     res = mutual_information(x, t, method="zero_split")
