@@ -16,6 +16,7 @@ from dynalens.estimators import (
     BinningMI,
     CauchySchwarzQMI,
     ChaoShenMI,
+    CoincidenceMI,
     GaussianCopulaMI,
     GaussianMI,
     GrassbergerMI,
@@ -62,8 +63,8 @@ def _symbols(n: int = 400, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 #: the count-based estimators take discrete data only
 DISCRETE = [GrassbergerMI(), ChaoShenMI(), NSBMI(alphabet_size=300), PYMMI()]
-#: checked in test_zero_split.py / test_observed_noisy.py on their own data
-OTHER = [ZeroSplitMI(), ObservedNoisyMI(noise_var=1.0)]
+#: checked in test_zero_split.py / test_observed_noisy.py / test_coincidence.py on their own data
+OTHER = [ZeroSplitMI(), ObservedNoisyMI(noise_var=1.0), CoincidenceMI()]
 
 
 @pytest.mark.parametrize("est", DISCRETE, ids=lambda e: type(e).__name__)

@@ -263,13 +263,14 @@ def test_auto_chooses_by_coverage_and_says_why(n, layer, method):
     assert "y (y = f(x))" in res.details["auto_reason"]
 
 
-def test_auto_with_symbol_noise_and_a_mostly_singleton_joint_says_it_is_coarse():
+def test_auto_with_symbol_noise_uses_the_within_input_coincidences():
     """y = f(x) with symbol noise 0.1, n = 1000 of 4096 inputs: H(y|x) shows only in the
-    ~120 repeated inputs. Chao-Shen on the joint was 0.99 nats off on layer 0 here, the
-    plug-in 0.44; auto keeps the plug-in and says the number is coarse."""
+    ~110 repeated inputs. Chao-Shen on the joint was 0.99 nats off on layer 0 here, the
+    plug-in 0.44; auto now uses those repeats (``coincidence``, tests/estimators/
+    test_coincidence.py) and says why."""
     x, t, truth = binned_layer_task(1000, layer=0, noise=0.1)
     res = mutual_information(x, t, return_result=True)
-    assert res.method == "binning"
-    assert "not resolved" in res.details["auto_reason"]
-    cs = mutual_information(x, t, method="chao_shen")
-    assert abs(res.estimate - truth) < abs(cs - truth)
+    assert res.method == "coincidence"
+    assert "not a function of x" in res.details["auto_reason"]
+    plug = mutual_information(x, t, method="binning")
+    assert abs(res.estimate - truth) < abs(plug - truth)

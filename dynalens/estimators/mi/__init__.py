@@ -17,6 +17,7 @@ from dynalens.estimators.mi.adaptive_binning import AdaptiveBinningMI
 from dynalens.estimators.mi.auto import NOISE_METHODS, REGISTRY, AutoMI, select_method
 from dynalens.estimators.mi.binning import BinningMI
 from dynalens.estimators.mi.chao_shen import ChaoShenMI
+from dynalens.estimators.mi.coincidence import CoincidenceMI
 from dynalens.estimators.mi.gaussian import GaussianCopulaMI, GaussianMI
 from dynalens.estimators.mi.grassberger import GrassbergerMI
 from dynalens.estimators.mi.kde import KDEMI
@@ -43,6 +44,7 @@ __all__ = [
     "BinningWarning",
     "CauchySchwarzQMI",
     "ChaoShenMI",
+    "CoincidenceMI",
     "GaussianCopulaMI",
     "GaussianMI",
     "GrassbergerMI",

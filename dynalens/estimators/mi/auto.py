@@ -12,7 +12,10 @@ The rules, in order (the first that applies wins; the reason is recorded in
    1 - f1/n of the counts that carry the MI; see the table of
    :func:`~dynalens.estimators.mi._counts.discrete_choice`):
    ``chao_shen`` when most samples are singletons (coverage < 0.5) and one variable is a
-   function of the other, ``binning`` when most joint samples are singletons otherwise
+   function of the other; when neither is and y is a noisy function of x (20+ repeated x
+   values, within-x index of coincidence >= 0.5 or y binary) ``coincidence`` (H(y|x) the
+   maximum entropy at that coincidence: joint-count estimators leave the noise tail of
+   p(y|x) unseen); ``binning`` when most joint samples are singletons otherwise
    (H(y|x) unresolved: the reason says the number is coarse), ``grassberger`` for an
    undersampled tail (0.5-0.99), ``binning`` (plug-in) when well sampled (>= 0.99); refused
    when no value repeats. MI = H(x) + H(y) - H(x, y) with the same estimator, so a
@@ -51,6 +54,8 @@ noise hint         data                                method
 noise_var          x repeats, y differs within repeats ``noisy_observed``
 noise_var          otherwise                           ``noisy`` (y = clean activations)
 --                 both discrete, no value repeats     refused
+--                 both discrete, y noisy function of  ``coincidence``
+                   x, coverage < 0.99
 --                 both discrete, coverage < 0.5       ``chao_shen`` (y = f(x) or x = f(y))
                                                        / ``binning`` (coarse, joint)
 --                 both discrete, coverage 0.5-0.99    ``grassberger``
@@ -82,6 +87,7 @@ from dynalens.estimators.mi._base import MIEstimator, MIResult, Variable
 from dynalens.estimators.mi.adaptive_binning import AdaptiveBinningMI
 from dynalens.estimators.mi.binning import BinningMI
 from dynalens.estimators.mi.chao_shen import ChaoShenMI
+from dynalens.estimators.mi.coincidence import CoincidenceMI
 from dynalens.estimators.mi.gaussian import GaussianCopulaMI, GaussianMI
 from dynalens.estimators.mi.grassberger import GrassbergerMI
 from dynalens.estimators.mi.kde import KDEMI
@@ -104,6 +110,7 @@ REGISTRY: dict[str, type[MIEstimator]] = {
         BinningMI,
         GrassbergerMI,
         ChaoShenMI,
+        CoincidenceMI,
         NSBMI,
         PYMMI,
         ZeroSplitMI,
