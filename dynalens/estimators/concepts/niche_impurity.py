@@ -26,7 +26,8 @@ Embedding representations ((n, k, m), concept j = slice ``[:, j, :]``, or a list
 per-concept (n, m_j) arrays): the probe reads all features; soft concept j is in the
 niche of i when the largest |ρ| over its m_j features exceeds β, and then all its features
 are zeroed (guide §3.4: mask repeated over the embedding, max correlation over it). With
-m = 1 this is the scalar score exactly.
+m = 1 this is the scalar score exactly. Categorical concepts (``categorical=True``,
+integer codes): softmax probes and one-vs-one AUCs (:mod:`._niche_categorical`).
 """
 
 from __future__ import annotations
@@ -36,11 +37,19 @@ from typing import Any
 
 import torch
 
-from dynalens._validation import check_float, check_int, check_option
+from dynalens._validation import check_bool, check_float, check_int, check_option
 from dynalens.errors import InvalidInputError, InvalidParameterError
 from dynalens.estimators.concepts._checks import as_binary_labels, require_both_classes
+from dynalens.estimators.concepts._niche_categorical import (
+    categorical_bootstrap,
+    categorical_niche_curve,
+    categorical_niche_outputs,
+)
 from dynalens.estimators.concepts._probe import fit_binary_probes
-from dynalens.estimators.concepts._representations import as_representation
+from dynalens.estimators.concepts._representations import (
+    as_categorical_labels,
+    as_representation,
+)
 from dynalens.estimators.concepts._result import ConceptResult, seed_spread
 from dynalens.estimators.concepts._scores import (
     auc_columns,
@@ -127,6 +136,8 @@ class NicheImpurity:
     test_size, seed, n_seeds, C, n_boot : as :class:`OracleImpurity`.
     compat : None or "cem"
         ``"cem"``: β grid 0..0.95 and an unnormalised trapezoid, as the cem code.
+    categorical : bool
+        ``c_true`` holds integer category codes (softmax probes, one-vs-one AUC).
     """
 
     def __init__(
@@ -139,7 +150,9 @@ class NicheImpurity:
         C: float = 1.0,
         n_boot: int = 200,
         compat: str | None = None,
+        categorical: bool = False,
     ) -> None:
+        self.categorical = categorical
         self.compat = compat
         self.betas = betas
         self.test_size = test_size
@@ -174,6 +187,9 @@ class NicheImpurity:
             raise InvalidParameterError(
                 f"betas must be at least two increasing values in [0, 1]; got {grid[:6]}."
             )
+        if check_bool("categorical", self.categorical):
+            settings = (betas, grid, test_size, seed, n_seeds, C, n_boot, not cem)
+            return self._categorical(c_soft, c_true, names, settings)
         c = as_binary_labels("c_true", c_true)
         reps = as_representation("c_soft", c_soft, n=c.shape[0])
         if len(reps) != c.shape[1]:
@@ -227,6 +243,63 @@ class NicheImpurity:
                 "compat": self.compat,
             },
             details={"impurity_curve": curve, "betas": betas},
+        )
+
+    def _categorical(
+        self, c_soft: Any, c_true: Any, names: Sequence[str] | None, settings: tuple
+    ) -> ConceptResult:
+        betas, grid, test_size, seed, n_seeds, C, n_boot, normalise = settings
+        codes, sizes = as_categorical_labels("c_true", c_true, n=len(c_true))
+        reps = as_representation("c_soft", c_soft, n=codes.shape[0])
+        if len(reps) != codes.shape[1]:
+            raise InvalidInputError(
+                f"NIS needs one soft column per concept (or embedding slice, or list element): "
+                f"c_soft has {len(reps)}, c_true {codes.shape[1]} concepts."
+            )
+        soft = torch.cat(reps, 1)
+        groups = torch.cat([torch.full((r.shape[1],), i) for i, r in enumerate(reps)])
+        indicators = torch.cat(
+            [torch.nn.functional.one_hot(codes[:, j], s) for j, s in enumerate(sizes)], 1
+        ).to(torch.float64)
+        check_class_counts(indicators, test_size, metric=METRIC, what="category")
+        values, first = [], None
+        for s in range(seed, seed + n_seeds):
+            train, test = train_test_split(codes.shape[0], test_size, s)
+            for rows, where in (
+                (train, f"train split (seed={s})"),
+                (test, f"test split (seed={s})"),
+            ):
+                require_both_classes(indicators[rows], metric=METRIC, where=where)
+            outputs = categorical_niche_outputs(soft, groups, codes, sizes, train, test, betas, C)
+            curve = categorical_niche_curve(outputs, codes[test])
+            values.append(float(_integrate(curve, betas, normalise)))
+            if first is None:
+                first = (curve, outputs, codes[test])
+        assert first is not None
+        curve, outputs, c_test = first
+        interval = None
+        if n_boot > 0:
+            interval = categorical_bootstrap(
+                outputs, c_test, lambda cv: _integrate(cv, betas, normalise), n_boot, seed
+            )
+        return ConceptResult(
+            value=values[0],
+            metric="nis",
+            interval=interval,
+            seed_spread=seed_spread(values) if n_seeds > 1 else {},
+            n=len(c_test),
+            params={
+                "betas": grid,
+                "test_size": test_size,
+                "seed": seed,
+                "n_seeds": n_seeds,
+                "C": C,
+                "n_boot": n_boot,
+                "probe": "logistic / multinomial",
+                "compat": self.compat,
+                "categorical": True,
+            },
+            details={"impurity_curve": curve, "betas": betas, "cardinalities": sizes},
         )
 
 

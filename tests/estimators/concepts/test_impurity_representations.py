@@ -4,6 +4,7 @@ equals scikit-learn's, categorical purity matches probes fitted by scikit-learn.
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from sklearn.linear_model import LogisticRegression
@@ -146,3 +147,52 @@ def test_bad_representations_are_refused() -> None:
     codes[0, 0] = 7  # a category with one member
     with pytest.raises(InvalidInputError, match="category"):
         oracle_impurity_score(torch.randn(200, 2, 2), codes, categorical=True)
+
+
+def test_categorical_nis_on_binary_concepts_equals_the_binary_score() -> None:
+    g = torch.Generator().manual_seed(4)
+    c = (torch.rand(800, 5, generator=g) < 0.5).double()
+    soft = soft_concepts(c, signal=1.5, leak=0.8, noise=0.7, seed=4)
+    binary = niche_impurity_score(soft, c, n_seeds=2, n_boot=20)
+    categorical = niche_impurity_score(soft, c, categorical=True, n_seeds=2, n_boot=20)
+    assert categorical.value == pytest.approx(binary.value, abs=1e-12)
+    assert categorical.interval == pytest.approx(binary.interval, abs=1e-12)
+    torch.testing.assert_close(
+        categorical.details["impurity_curve"], binary.details["impurity_curve"], atol=1e-12, rtol=0
+    )
+
+
+def test_categorical_nis_matches_a_loop_with_scikit_learn_softmax_probes() -> None:
+    codes, emb = _categorical_data(600, leak=1.0, seed=5)
+    beta = 0.3
+    r = niche_impurity_score(
+        emb, codes, categorical=True, betas=[0.0, beta, 1.0], n_seeds=1, n_boot=0, seed=1
+    )
+    train, test = (t.numpy() for t in train_test_split(600, 0.2, 1))
+    x = emb.reshape(600, -1).numpy()  # concept j = features 2j, 2j + 1
+    c = codes.numpy()
+    aucs = []
+    for i, size in enumerate((3, 4, 2)):
+        probe = LogisticRegression(tol=1e-10, max_iter=10000).fit(x[train], c[train, i])
+        onehot = np.eye(size)[c[train, i]]
+        xt = x[test].copy()
+        for j in range(3):
+            rho = max(
+                abs(np.corrcoef(x[train, f], onehot[:, v])[0, 1])
+                for f in (2 * j, 2 * j + 1)
+                for v in range(size)
+            )
+            if rho > beta:
+                xt[:, 2 * j : 2 * j + 2] = 0.0
+        proba = probe.predict_proba(xt)
+        auc = roc_auc_score(c[test, i], proba[:, 1] if size == 2 else proba, multi_class="ovo")
+        aucs.append(auc)
+    assert r.details["impurity_curve"][1].item() == pytest.approx(np.mean(aucs), abs=1e-6)
+
+
+def test_categorical_leak_raises_nis() -> None:
+    codes, emb = _categorical_data(1000, 0.0, 6)
+    pure = niche_impurity_score(emb, codes, categorical=True, n_seeds=1, n_boot=30)
+    codes, emb = _categorical_data(1000, 2.0, 6)
+    leaky = niche_impurity_score(emb, codes, categorical=True, n_seeds=1, n_boot=30)
+    assert pure.interval[1] < leaky.interval[0]
