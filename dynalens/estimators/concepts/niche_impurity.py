@@ -78,14 +78,17 @@ def _niche_probabilities(
     test: torch.Tensor,
     betas: torch.Tensor,
     C: float,
-    groups: torch.Tensor,
+    groups: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Test-row probabilities of probe i with i's niche zeroed, for each distinct
     (concept, niche) pair only: a niche changes at a few β, so most of the len(betas) x k
     columns repeat. Returns the distinct columns' probabilities (n_test, U), their concept
     index (U,) and, for each (β, concept), its distinct column (len(betas), k).
-    ``groups`` (n_features,) names the soft concept of each feature column."""
+    ``groups`` (n_features,) names the soft concept of each feature column (default: one
+    column per concept)."""
     k = c.shape[1]
+    if groups is None:
+        groups = torch.arange(soft.shape[1])
     theta = fit_binary_probes(soft[train], c[train].T, C=C)  # k probes, shared features
     rho = _correlation(soft[train], c[train]).abs()  # [f, i]: feature f vs concept i
     best = torch.zeros(k, k, dtype=rho.dtype).scatter_reduce_(
