@@ -25,6 +25,7 @@ Example
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -42,6 +43,7 @@ from dynalens.estimators.concepts._scores import auc_columns, ovo_auc
 __all__ = [
     "as_categorical_labels",
     "as_representation",
+    "category_indicators",
     "is_structured",
     "label_features",
     "probe_scores",
@@ -70,8 +72,11 @@ def as_representation(name: str, value: Any, *, n: int) -> list[torch.Tensor]:
     return [m[:, i : i + 1] for i in range(m.shape[1])]
 
 
-def as_categorical_labels(name: str, value: Any, *, n: int) -> tuple[torch.Tensor, list[int]]:
-    """Category codes (n, k) int64, re-indexed per column to 0..K_j-1, and each K_j."""
+def as_categorical_labels(
+    name: str, value: Any, *, n: int
+) -> tuple[torch.Tensor, list[int], list[list[float]]]:
+    """Category codes (n, k) int64, re-indexed per column to 0..K_j-1, each K_j, and each
+    column's original category values (code v is ``values[j][v]``)."""
     t = as_matrix(name, value, n=n)
     bad = (t != t.round()) | (t < 0)
     if bad.any():
@@ -81,12 +86,47 @@ def as_categorical_labels(name: str, value: Any, *, n: int) -> tuple[torch.Tenso
             f"integers) when categorical=True; got {t[row, col].item()!r} at row {row}, "
             f"column {col}. Pass category indices, not one-hot or soft labels."
         )
-    codes, sizes = [], []
+    codes, sizes, originals = [], [], []
     for col in t.T:
         values, inverse = torch.unique(col, return_inverse=True)
         codes.append(inverse)
         sizes.append(len(values))
-    return torch.stack(codes, 1), sizes
+        originals.append(values.tolist())
+    return torch.stack(codes, 1), sizes, originals
+
+
+def category_indicators(
+    codes: torch.Tensor,
+    sizes: list[int],
+    test_size: float,
+    metric: str,
+    names: Sequence[str] | None = None,
+    values: list[list[float]] | None = None,
+) -> tuple[torch.Tensor, list[str]]:
+    """One-hot indicators (n, sum K_j) of every category, with a label per column
+    ("concept j = category v"), after refusing a category too rare for the split (fewer
+    than 2 expected members of it, or of its complement, in the smaller split)."""
+    indicators = torch.cat(
+        [torch.nn.functional.one_hot(codes[:, j], s) for j, s in enumerate(sizes)], 1
+    ).to(torch.float64)
+    labels = [
+        f"{names[j] if names else f'concept {j}'} = "
+        f"{'category ' + format(values[j][v], 'g') if values else f'code {v}'}"
+        for j, s in enumerate(sizes)
+        for v in range(s)
+    ]
+    n = codes.shape[0]
+    counts = torch.minimum(indicators.sum(0), n - indicators.sum(0))
+    smaller = min(test_size, 1 - test_size)
+    rare = (counts * smaller < 2).nonzero().flatten().tolist()
+    if rare:
+        raise InvalidInputError(
+            f"{metric} needs every category in the train and the test split; "
+            f"{labels[rare[0]]} has {int(counts[rare[0]])} member(s) (or non-members) among "
+            f"{n} rows, about {float(counts[rare[0]]) * smaller:.1f} in a {smaller:.0%} split "
+            f"({len(rare)} such). Pass more rows, merge rare categories, or raise test_size."
+        )
+    return indicators, labels
 
 
 def label_features(codes: torch.Tensor, sizes: list[int]) -> list[torch.Tensor]:

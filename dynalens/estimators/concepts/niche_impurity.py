@@ -49,6 +49,7 @@ from dynalens.estimators.concepts._probe import fit_binary_probes
 from dynalens.estimators.concepts._representations import (
     as_categorical_labels,
     as_representation,
+    category_indicators,
 )
 from dynalens.estimators.concepts._result import ConceptResult, seed_spread
 from dynalens.estimators.concepts._scores import (
@@ -252,7 +253,7 @@ class NicheImpurity:
         self, c_soft: Any, c_true: Any, names: Sequence[str] | None, settings: tuple
     ) -> ConceptResult:
         betas, grid, test_size, seed, n_seeds, C, n_boot, normalise = settings
-        codes, sizes = as_categorical_labels("c_true", c_true, n=len(c_true))
+        codes, sizes, cat_values = as_categorical_labels("c_true", c_true, n=len(c_true))
         reps = as_representation("c_soft", c_soft, n=codes.shape[0])
         if len(reps) != codes.shape[1]:
             raise InvalidInputError(
@@ -261,10 +262,7 @@ class NicheImpurity:
             )
         soft = torch.cat(reps, 1)
         groups = torch.cat([torch.full((r.shape[1],), i) for i, r in enumerate(reps)])
-        indicators = torch.cat(
-            [torch.nn.functional.one_hot(codes[:, j], s) for j, s in enumerate(sizes)], 1
-        ).to(torch.float64)
-        check_class_counts(indicators, test_size, metric=METRIC, what="category")
+        indicators, labels = category_indicators(codes, sizes, test_size, METRIC, names, cat_values)
         values, first = [], None
         for s in range(seed, seed + n_seeds):
             train, test = train_test_split(codes.shape[0], test_size, s)
@@ -272,7 +270,7 @@ class NicheImpurity:
                 (train, f"train split (seed={s})"),
                 (test, f"test split (seed={s})"),
             ):
-                require_both_classes(indicators[rows], metric=METRIC, where=where)
+                require_both_classes(indicators[rows], metric=METRIC, where=where, names=labels)
             outputs = categorical_niche_outputs(soft, groups, codes, sizes, train, test, betas, C)
             curve = categorical_niche_curve(outputs, codes[test])
             values.append(float(_integrate(curve, betas, normalise)))

@@ -49,6 +49,7 @@ from dynalens.estimators.concepts._checks import as_binary_labels, as_matrix, re
 from dynalens.estimators.concepts._representations import (
     as_categorical_labels,
     as_representation,
+    category_indicators,
     is_structured,
     label_features,
     probe_scores,
@@ -241,13 +242,16 @@ def _general_split(
     reps: list[torch.Tensor],
     codes: torch.Tensor,
     sizes: list[int],
-    indicators: torch.Tensor,
+    categories: tuple[torch.Tensor, list[str]],
     test_size: float,
     seed: int,
 ) -> tuple[list[list[torch.Tensor]], list[list[torch.Tensor]], torch.Tensor]:
     train, test = train_test_split(codes.shape[0], test_size, seed)
+    indicators, labels = categories
     for rows, where in ((train, f"train split (seed={seed})"), (test, f"test split (seed={seed})")):
-        require_both_classes(indicators[rows], metric="the Oracle Impurity Score", where=where)
+        require_both_classes(
+            indicators[rows], metric="the Oracle Impurity Score", where=where, names=labels
+        )
     p_scores = probe_scores(reps, codes, sizes, train, test)
     o_scores = probe_scores(label_features(codes, sizes), codes, sizes, train, test)
     return p_scores, o_scores, test
@@ -278,10 +282,11 @@ def _general_impurity(
     """OIS of embedding / list representations and of categorical concepts (fitted probes)."""
     test_size, seed, n_seeds, diagonal, n_boot = settings
     if categorical:
-        codes, sizes = as_categorical_labels("c_true", c_true, n=len(c_true))
+        codes, sizes, cat_values = as_categorical_labels("c_true", c_true, n=len(c_true))
     else:
         binary = as_binary_labels("c_true", c_true)
         codes, sizes = binary.to(torch.int64), [2] * binary.shape[1]
+        cat_values = [[0.0, 1.0]] * binary.shape[1]
     reps = as_representation("c_soft", c_soft, n=codes.shape[0])
     if len(reps) != codes.shape[1]:
         raise InvalidInputError(
@@ -289,11 +294,12 @@ def _general_impurity(
             f"representations but c_true has {codes.shape[1]} concepts. Pass one slice or "
             "list element per concept."
         )
-    indicators = torch.cat(
-        [torch.nn.functional.one_hot(codes[:, j], s) for j, s in enumerate(sizes)], 1
-    ).to(torch.float64)
-    check_class_counts(indicators, test_size, metric="the Oracle Impurity Score", what="category")
-    p_scores, o_scores, test = _general_split(reps, codes, sizes, indicators, test_size, seed)
+    indicators, labels = category_indicators(
+        codes, sizes, test_size, "the Oracle Impurity Score", names, cat_values
+    )
+    p_scores, o_scores, test = _general_split(
+        reps, codes, sizes, (indicators, labels), test_size, seed
+    )
     c_test = codes[test]
     value, purity, oracle = _general_value(p_scores, o_scores, c_test, diagonal)
     interval = None
@@ -309,7 +315,7 @@ def _general_impurity(
         )
     values = [value]
     for s in range(seed + 1, seed + n_seeds):
-        ps, os_, t = _general_split(reps, codes, sizes, indicators, test_size, s)
+        ps, os_, t = _general_split(reps, codes, sizes, (indicators, labels), test_size, s)
         values.append(_general_value(ps, os_, codes[t], diagonal)[0])
     k = codes.shape[1]
     return ConceptResult(

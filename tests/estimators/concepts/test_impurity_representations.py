@@ -145,8 +145,12 @@ def test_bad_representations_are_refused() -> None:
     codes[:, 0] = torch.arange(200) % 3
     codes[:100, 1] = 1
     codes[0, 0] = 7  # a category with one member
-    with pytest.raises(InvalidInputError, match="category"):
+    with pytest.raises(InvalidInputError, match="concept 0 = category 7 has 1 member"):
         oracle_impurity_score(torch.randn(200, 2, 2), codes, categorical=True)
+    with pytest.raises(InvalidInputError, match="shape = category 7 has 1 member"):
+        niche_impurity_score(
+            torch.randn(200, 2, 2), codes, categorical=True, names=["shape", "size"]
+        )
 
 
 def test_categorical_nis_on_binary_concepts_equals_the_binary_score() -> None:
