@@ -7,6 +7,7 @@ how to fix it.
 
 from __future__ import annotations
 
+import math
 import numbers
 from collections.abc import Collection
 from typing import Any
@@ -25,7 +26,9 @@ def _describe(value: Any) -> str:
 
 def check_int(name: str, value: Any, *, min: int | None = None, max: int | None = None) -> int:
     """An integer (not bool) within ``[min, max]``."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+    if type(value) is not int and (  # fast path: a plain int skips the ABC checks
+        isinstance(value, bool) or not isinstance(value, numbers.Integral)
+    ):
         raise InvalidParameterError(f"{name} must be an integer; got {_describe(value)}.")
     value = int(value)
     if min is not None and value < min:
@@ -44,10 +47,16 @@ def check_float(
     min_inclusive: bool = True,
 ) -> float:
     """A finite real number within the given bounds."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+    if (
+        type(value) is not float
+        and type(value) is not int
+        and (  # fast path: plain numbers
+            isinstance(value, bool) or not isinstance(value, numbers.Real)
+        )
+    ):
         raise InvalidParameterError(f"{name} must be a real number; got {_describe(value)}.")
     value = float(value)
-    if not np.isfinite(value):
+    if not math.isfinite(value):
         raise InvalidParameterError(f"{name} must be finite; got {value}.")
     if min is not None and (value < min or (not min_inclusive and value == min)):
         op = ">=" if min_inclusive else ">"

@@ -113,9 +113,9 @@ def test_energy_model_through_the_intervention_engine() -> None:
     assert float(curve[-1]) == float((log_y.argmax(1) == d.y).double().mean())
 
 
-def test_too_many_concepts_and_bad_inputs_are_refused() -> None:
+def test_bad_sizes_and_inputs_are_refused() -> None:
     with pytest.raises(InvalidParameterError, match="n_concepts"):
-        EnergyCBM(nn.Linear(3, 4), 4, 17, 2)
+        EnergyCBM(nn.Linear(3, 4), 4, 0, 2)
     model = _model()
     with pytest.raises(InvalidInputError, match="values and written"):
         model.posterior(torch.zeros(2, 5), torch.zeros(2, 2), torch.zeros(2, 2, dtype=torch.bool))

@@ -9,6 +9,11 @@ from __future__ import annotations
 
 from dynalens.concepts.models.cbm import ConceptBottleneckModel, FitHistory, fit_cbm
 from dynalens.concepts.models.energy import EnergyCBM, fit_energy_cbm
+from dynalens.concepts.models.energy_gibbs import gibbs_concept_given_class, gibbs_posterior
+from dynalens.concepts.models.energy_importance import (
+    energy_concept_importance,
+    importance_from_predictions,
+)
 from dynalens.concepts.models.hybrid import HybridCBM, fit_hybrid
 from dynalens.concepts.models.posthoc import (
     ConceptBank,
@@ -35,14 +40,18 @@ __all__ = [
     "PosthocCBM",
     "SparseCBM",
     "contrastive_loss",
+    "energy_concept_importance",
     "finetune_head",
     "fit_cbm",
     "fit_energy_cbm",
     "fit_hybrid",
     "fit_posthoc_cbm",
     "fit_sparse_cbm",
+    "gibbs_concept_given_class",
+    "gibbs_posterior",
     "gumbel_loss",
     "gumbel_topk_mask",
+    "importance_from_predictions",
     "l1_loss",
     "learn_concept_bank",
     "prune_concepts",

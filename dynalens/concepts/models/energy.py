@@ -17,8 +17,9 @@ and inference, interventions and explanations use the total energy
 :math:`E(x, c, y) = E(x, y) + \lambda_c \sum_k E(x, c_k) + \lambda_g E(c, y)`,
 :math:`p(c, y \mid x) \propto \exp(-E(x, c, y))`. With k ≤ 16 every quantity is summed
 exactly over the :math:`2^k` configurations (Xu et al. relax c and y and minimise the
-energy by gradient descent, also provided; the guide's Gibbs sampling beyond k = 16 is
-not: larger k is refused rather than approximated silently):
+energy by gradient descent, also provided). Beyond k = 16 the exact methods refuse;
+:mod:`~dynalens.concepts.models.energy_gibbs` samples the same distributions by Gibbs
+sampling and reports Monte Carlo standard errors:
 
 - :meth:`EnergyCBM.concept_given_class`: :math:`p(c_k \mid y) = \sum_{c_{-k}} p(c \mid y)`,
   :math:`p(c_i, c_j \mid y)`, :math:`p(c_i \mid y, c_j) = p(c_i, c_j \mid y) / p(c_j \mid
@@ -32,8 +33,9 @@ not: larger k is refused rather than approximated silently):
   minimisation by Adam (:mod:`~dynalens.concepts.models._energy_descent`).
 
 The released ``CalcImportanceScore.py`` estimates p(c | y) from frequencies of predicted
-hard concepts per predicted class instead of the model's marginals; that is a different
-quantity and is not reproduced here.
+hard concepts per predicted class instead of the model's marginals; that different
+quantity is ``energy_concept_importance(model, x, compat="ecbm")``
+(:mod:`~dynalens.concepts.models.energy_importance`).
 
 Training (:func:`fit_energy_cbm`): the negative log-likelihood of each branch's
 Boltzmann distribution, :math:`\mathrm{CE}(-E(x,\cdot), y) + \lambda_c \sum_k
@@ -57,12 +59,12 @@ from torch import nn
 from dynalens._validation import check_float, check_int, check_option
 from dynalens.concepts.models._energy_descent import minimise_energy
 from dynalens.concepts.models.cbm import FitHistory, _check_data, _epoch, _StepCounter
-from dynalens.errors import InvalidInputError, InvalidParameterError
+from dynalens.errors import EstimatorRegimeError, InvalidInputError, InvalidParameterError
 from dynalens.estimators.concepts import ConceptTask
 
 __all__ = ["EnergyCBM", "fit_energy_cbm"]
 
-MAX_CONCEPTS = 16
+MAX_EXACT = 16
 INFERENCE = ("marginal", "map", "gradient")
 
 
@@ -82,6 +84,7 @@ class EnergyCBM(nn.Module):
     """
 
     configs: torch.Tensor  # (2^k, k) every concept configuration, row i = binary i
+    max_exact = MAX_EXACT  # largest k summed exactly; (0, k) configs beyond
 
     def __init__(
         self,
@@ -97,7 +100,7 @@ class EnergyCBM(nn.Module):
     ) -> None:
         super().__init__()
         d = check_int("n_features", n_features, min=1)
-        self.k = check_int("n_concepts", n_concepts, min=1, max=MAX_CONCEPTS)
+        self.k = check_int("n_concepts", n_concepts, min=1)
         self.n_classes = check_int("n_classes", n_classes, min=2)
         self.lambda_c = check_float("lambda_c", lambda_c, min=0.0)
         self.lambda_g = check_float("lambda_g", lambda_g, min=0.0)
@@ -107,7 +110,8 @@ class EnergyCBM(nn.Module):
         self.global_energy = global_energy or nn.Sequential(
             nn.Linear(self.k, hidden), nn.ReLU(), nn.Linear(hidden, self.n_classes)
         )
-        bits = (torch.arange(2**self.k)[:, None] >> torch.arange(self.k - 1, -1, -1)) & 1
+        m = 2**self.k if self.k <= MAX_EXACT else 0
+        bits = (torch.arange(m)[:, None] >> torch.arange(self.k - 1, -1, -1)) & 1
         self.register_buffer("configs", bits.to(torch.get_default_dtype()), persistent=False)
 
     # -- the three branches ------------------------------------------------------------
@@ -131,6 +135,7 @@ class EnergyCBM(nn.Module):
 
     def global_energies(self) -> torch.Tensor:
         """E(c, y) of every configuration, (2^k, T); row i is ``self.configs[i]``."""
+        self.require_exact()
         out = self.global_energy(self.configs)
         if out.shape != (2**self.k, self.n_classes):
             raise InvalidInputError(
@@ -140,6 +145,16 @@ class EnergyCBM(nn.Module):
         return out
 
     # -- exact probabilities -----------------------------------------------------------
+    def require_exact(self) -> None:
+        """Refuse exact enumeration beyond ``max_exact`` concepts."""
+        if self.k > MAX_EXACT:
+            raise EstimatorRegimeError(
+                f"exact enumeration sums 2^k configurations; k = {self.k} > {MAX_EXACT}. Use "
+                "dynalens.concepts.models.energy_gibbs (gibbs_concept_given_class, "
+                "gibbs_posterior), which sample the same distributions and report Monte "
+                "Carlo standard errors."
+            )
+
     def concept_given_class(self, prior: Any = None) -> dict[str, torch.Tensor]:
         """Exact conditionals of the global energy, in float64.
 
@@ -198,6 +213,7 @@ class EnergyCBM(nn.Module):
         written: torch.Tensor | None,
         chunk: int,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        self.require_exact()
         cfg = self.configs.double()
         with torch.no_grad():
             e_y, e_c = (e.double() for e in self.energies(x))

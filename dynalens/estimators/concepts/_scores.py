@@ -20,6 +20,7 @@ __all__ = [
     "bootstrap_interval",
     "f1_columns",
     "macro_ovr_auc",
+    "ovo_auc",
     "row_means",
     "weighted_auc_columns",
     "weighted_bootstrap_interval",
@@ -238,3 +239,21 @@ def weighted_bootstrap_interval(
     parts = [statistic(w) for w in bootstrap_counts(n, strata=strata, n_boot=n_boot, seed=seed)]
     values = torch.cat(parts) if parts else torch.empty(0, dtype=torch.float64)
     return _interval(values.to(torch.float64), level, kind, estimate)
+
+
+def ovo_auc(y: torch.Tensor, proba: torch.Tensor) -> float:
+    r"""Macro one-vs-one ROC-AUC (Hand & Till 2001) of class scores ``proba`` (n, T) for
+    labels ``y`` (n,) in [0, T): for each pair a < b of classes present in ``y``, on the
+    rows of class a or b, :math:`(\mathrm{AUC}(y = a, p_a) + \mathrm{AUC}(y = b, p_b))/2`;
+    the mean over pairs. Equal to scikit-learn's ``roc_auc_score(y, proba,
+    multi_class="ovo")`` when every class is present; NaN with fewer than two classes."""
+    present = torch.unique(y).tolist()
+    pairs = []
+    for ia, a in enumerate(present):
+        for b in present[ia + 1 :]:
+            rows = (y == a) | (y == b)
+            lab = (y[rows] == a).to(proba.dtype)
+            sa = auc_columns(lab[:, None], proba[rows, a : a + 1])[0]
+            sb = auc_columns(1 - lab[:, None], proba[rows, b : b + 1])[0]
+            pairs.append((sa + sb) / 2)
+    return float(torch.stack(pairs).mean()) if pairs else float("nan")

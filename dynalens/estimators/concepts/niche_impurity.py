@@ -21,6 +21,13 @@ representation keeps concept i in its own column only: once that column is in th
 the rest predicts i at chance (0.5). Interval: percentile bootstrap over test rows
 (probes fixed); ``n_seeds`` splits give the seed spread, which the guide measured at
 sd ≈ 0.014 for the cem probe.
+
+Embedding representations ((n, k, m), concept j = slice ``[:, j, :]``, or a list of
+per-concept (n, m_j) arrays): the probe reads all features; soft concept j is in the
+niche of i when the largest |ρ| over its m_j features exceeds β, and then all its features
+are zeroed (guide §3.4: mask repeated over the embedding, max correlation over it). With
+m = 1 this is the scalar score exactly. Categorical concepts (``categorical=True``,
+integer codes): softmax probes and one-vs-one AUCs (:mod:`._niche_categorical`).
 """
 
 from __future__ import annotations
@@ -30,10 +37,20 @@ from typing import Any
 
 import torch
 
-from dynalens._validation import check_float, check_int, check_option
+from dynalens._validation import check_bool, check_float, check_int, check_option
 from dynalens.errors import InvalidInputError, InvalidParameterError
-from dynalens.estimators.concepts._checks import as_binary_labels, as_matrix, require_both_classes
+from dynalens.estimators.concepts._checks import as_binary_labels, require_both_classes
+from dynalens.estimators.concepts._niche_categorical import (
+    categorical_bootstrap,
+    categorical_niche_curve,
+    categorical_niche_outputs,
+)
 from dynalens.estimators.concepts._probe import fit_binary_probes
+from dynalens.estimators.concepts._representations import (
+    as_categorical_labels,
+    as_representation,
+    category_indicators,
+)
 from dynalens.estimators.concepts._result import ConceptResult, seed_spread
 from dynalens.estimators.concepts._scores import (
     auc_columns,
@@ -62,17 +79,26 @@ def _niche_probabilities(
     test: torch.Tensor,
     betas: torch.Tensor,
     C: float,
+    groups: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Test-row probabilities of probe i with i's niche zeroed, for each distinct
     (concept, niche) pair only: a niche changes at a few β, so most of the len(betas) x k
     columns repeat. Returns the distinct columns' probabilities (n_test, U), their concept
-    index (U,) and, for each (β, concept), its distinct column (len(betas), k)."""
+    index (U,) and, for each (β, concept), its distinct column (len(betas), k).
+    ``groups`` (n_features,) names the soft concept of each feature column (default: one
+    column per concept)."""
     k = c.shape[1]
+    if groups is None:
+        groups = torch.arange(soft.shape[1])
     theta = fit_binary_probes(soft[train], c[train].T, C=C)  # k probes, shared features
-    rho = _correlation(soft[train], c[train])  # [j, i]: soft column j vs concept i
-    outside = rho.abs().T[None] <= betas[:, None, None]  # [β, i, j]: j outside i's niche
+    rho = _correlation(soft[train], c[train]).abs()  # [f, i]: feature f vs concept i
+    best = torch.zeros(k, k, dtype=rho.dtype).scatter_reduce_(
+        0, groups[:, None].expand_as(rho), rho, "amax"
+    )
+    outside = (best.T[None] <= betas[:, None, None])[..., groups]  # [β, i, f]
     concept = torch.arange(k).expand(len(betas), k)
-    keys = torch.cat([concept[..., None], outside.to(torch.int64)], -1).reshape(-1, k + 1)
+    keys = torch.cat([concept[..., None], outside.to(torch.int64)], -1)
+    keys = keys.reshape(-1, keys.shape[-1])
     unique, inverse = torch.unique(keys, dim=0, return_inverse=True)
     which, keep = unique[:, 0], unique[:, 1:].to(theta.dtype)
     logits = soft[test] @ (theta[which, :-1] * keep).T + theta[which, -1]
@@ -114,6 +140,8 @@ class NicheImpurity:
     test_size, seed, n_seeds, C, n_boot : as :class:`OracleImpurity`.
     compat : None or "cem"
         ``"cem"``: β grid 0..0.95 and an unnormalised trapezoid, as the cem code.
+    categorical : bool
+        ``c_true`` holds integer category codes (softmax probes, one-vs-one AUC).
     """
 
     def __init__(
@@ -126,7 +154,9 @@ class NicheImpurity:
         C: float = 1.0,
         n_boot: int = 200,
         compat: str | None = None,
+        categorical: bool = False,
     ) -> None:
+        self.categorical = categorical
         self.compat = compat
         self.betas = betas
         self.test_size = test_size
@@ -138,7 +168,8 @@ class NicheImpurity:
     def estimate(
         self, c_soft: Any, c_true: Any, *, names: Sequence[str] | None = None
     ) -> ConceptResult:
-        """NIS of ``c_soft`` (n, k), one column per concept, against ``c_true`` (n, k)."""
+        """NIS of ``c_soft`` against ``c_true`` (n, k): an (n, k) matrix (one column per
+        concept), an (n, k, m) embedding tensor or a list of k per-concept arrays."""
         test_size = check_float("test_size", self.test_size, min=0.0, max=1.0, min_inclusive=False)
         seed = check_int("seed", self.seed)
         n_seeds = check_int("n_seeds", self.n_seeds, min=1)
@@ -160,13 +191,19 @@ class NicheImpurity:
             raise InvalidParameterError(
                 f"betas must be at least two increasing values in [0, 1]; got {grid[:6]}."
             )
+        if check_bool("categorical", self.categorical):
+            settings = (betas, grid, test_size, seed, n_seeds, C, n_boot, not cem)
+            return self._categorical(c_soft, c_true, names, settings)
         c = as_binary_labels("c_true", c_true)
-        soft = as_matrix("c_soft", c_soft, n=c.shape[0])
-        if soft.shape[1] != c.shape[1]:
+        reps = as_representation("c_soft", c_soft, n=c.shape[0])
+        if len(reps) != c.shape[1]:
             raise InvalidInputError(
-                f"NIS needs one soft column per concept: c_soft has {soft.shape[1]} columns, "
-                f"c_true {c.shape[1]} concepts."
+                f"NIS needs one soft column per concept (or embedding slice, or list element): "
+                f"c_soft has {len(reps)}, "
+                f"c_true {c.shape[1]} concepts. Pass (n, k), (n, k, m) or a list of k arrays."
             )
+        soft = torch.cat(reps, 1)
+        groups = torch.cat([torch.full((r.shape[1],), i) for i, r in enumerate(reps)])
         check_class_counts(c, test_size, metric=METRIC, what="concept")
         values, first = [], None
         for s in range(seed, seed + n_seeds):
@@ -176,7 +213,7 @@ class NicheImpurity:
                 (test, f"test split (seed={s})"),
             ):
                 require_both_classes(c[rows], metric=METRIC, where=where, names=names)
-            niche = _niche_probabilities(soft, c, train, test, betas, C)
+            niche = _niche_probabilities(soft, c, train, test, betas, C, groups)
             value, curve = _nis(niche, c[test], betas, not cem)
             values.append(value)
             if first is None:
@@ -210,6 +247,60 @@ class NicheImpurity:
                 "compat": self.compat,
             },
             details={"impurity_curve": curve, "betas": betas},
+        )
+
+    def _categorical(
+        self, c_soft: Any, c_true: Any, names: Sequence[str] | None, settings: tuple
+    ) -> ConceptResult:
+        betas, grid, test_size, seed, n_seeds, C, n_boot, normalise = settings
+        codes, sizes, cat_values = as_categorical_labels("c_true", c_true, n=len(c_true))
+        reps = as_representation("c_soft", c_soft, n=codes.shape[0])
+        if len(reps) != codes.shape[1]:
+            raise InvalidInputError(
+                f"NIS needs one soft column per concept (or embedding slice, or list element): "
+                f"c_soft has {len(reps)}, c_true {codes.shape[1]} concepts."
+            )
+        soft = torch.cat(reps, 1)
+        groups = torch.cat([torch.full((r.shape[1],), i) for i, r in enumerate(reps)])
+        indicators, labels = category_indicators(codes, sizes, test_size, METRIC, names, cat_values)
+        values, first = [], None
+        for s in range(seed, seed + n_seeds):
+            train, test = train_test_split(codes.shape[0], test_size, s)
+            for rows, where in (
+                (train, f"train split (seed={s})"),
+                (test, f"test split (seed={s})"),
+            ):
+                require_both_classes(indicators[rows], metric=METRIC, where=where, names=labels)
+            outputs = categorical_niche_outputs(soft, groups, codes, sizes, train, test, betas, C)
+            curve = categorical_niche_curve(outputs, codes[test])
+            values.append(float(_integrate(curve, betas, normalise)))
+            if first is None:
+                first = (curve, outputs, codes[test])
+        assert first is not None
+        curve, outputs, c_test = first
+        interval = None
+        if n_boot > 0:
+            interval = categorical_bootstrap(
+                outputs, c_test, lambda cv: _integrate(cv, betas, normalise), n_boot, seed
+            )
+        return ConceptResult(
+            value=values[0],
+            metric="nis",
+            interval=interval,
+            seed_spread=seed_spread(values) if n_seeds > 1 else {},
+            n=len(c_test),
+            params={
+                "betas": grid,
+                "test_size": test_size,
+                "seed": seed,
+                "n_seeds": n_seeds,
+                "C": C,
+                "n_boot": n_boot,
+                "probe": "logistic / multinomial",
+                "compat": self.compat,
+                "categorical": True,
+            },
+            details={"impurity_curve": curve, "betas": betas, "cardinalities": sizes},
         )
 
 

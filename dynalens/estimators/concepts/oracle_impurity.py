@@ -26,6 +26,14 @@ pure / leaky pair overlapped, 0.52 ± 0.25 vs 0.59 ± 0.19 over 4 seeds). Interv
 2\hat v - q_{2.5}]`: a norm of noisy AUC differences is biased upward, and resampling
 doubles that bias, so percentile intervals sit above the value; ``n_seeds`` further splits give
 the seed spread. A concept that is constant in a split makes its AUCs undefined: refused.
+
+Embedding representations ((n, k, m) tensors, concept i = slice ``[:, i, :]``, or a list
+of per-concept (n, m_i) arrays) and categorical concepts (``categorical=True``: integer
+codes, softmax probe, macro one-vs-one AUC) follow guide §3.3 through fitted probes
+(:mod:`._representations`): P_ij is the held-out AUC of the probe from representation i
+to concept j and O_ij that of the probe from true concept i (its 0/1 column or one-hot
+indicators) to concept j. For m = 1 and binary concepts this equals the scalar path (the
+1-D probe's decision function ranks the rows as the closed form does).
 """
 
 from __future__ import annotations
@@ -38,6 +46,15 @@ import torch
 from dynalens._validation import check_bool, check_float, check_int
 from dynalens.errors import InvalidInputError
 from dynalens.estimators.concepts._checks import as_binary_labels, as_matrix, require_both_classes
+from dynalens.estimators.concepts._representations import (
+    as_categorical_labels,
+    as_representation,
+    category_indicators,
+    is_structured,
+    label_features,
+    probe_scores,
+    purity_from_scores,
+)
 from dynalens.estimators.concepts._result import ConceptResult, seed_spread
 from dynalens.estimators.concepts._scores import average_ranks, bootstrap_interval
 from dynalens.estimators.concepts._split import check_class_counts, train_test_split
@@ -101,6 +118,18 @@ class OracleImpurity:
         Whether P's diagonal (own-concept AUC) counts (default True, as in the paper).
     n_boot : int
         Bootstrap replicates over test rows, probes fixed (0: no interval).
+    categorical : bool
+        ``c_true`` holds integer category codes (softmax probes, one-vs-one AUC).
+
+    Example
+    -------
+    >>> import torch
+    >>> from dynalens.concepts import make_tabular_concepts, soft_concepts
+    >>> data = make_tabular_concepts(400, seed=0)
+    >>> emb = soft_concepts(data.c, seed=0)[:, :, None].repeat(1, 1, 2)
+    >>> r = OracleImpurity(n_seeds=1, n_boot=0).estimate(emb, data.c)
+    >>> 0.0 <= r.value <= 1.0
+    True
     """
 
     def __init__(
@@ -111,7 +140,9 @@ class OracleImpurity:
         n_seeds: int = 5,
         include_diagonal: bool = True,
         n_boot: int = 200,
+        categorical: bool = False,
     ) -> None:
+        self.categorical = categorical
         self.test_size = test_size
         self.seed = seed
         self.n_seeds = n_seeds
@@ -128,6 +159,10 @@ class OracleImpurity:
         n_seeds = check_int("n_seeds", self.n_seeds, min=1)
         diagonal = check_bool("include_diagonal", self.include_diagonal)
         n_boot = check_int("n_boot", self.n_boot, min=0)
+        categorical = check_bool("categorical", self.categorical)
+        if categorical or is_structured(c_soft):
+            settings = (test_size, seed, n_seeds, diagonal, n_boot)
+            return _general_impurity(c_soft, c_true, names, categorical, settings)
         c = as_binary_labels("c_true", c_true)
         soft = as_matrix("c_soft", c_soft, n=c.shape[0])
         if soft.shape[1] != c.shape[1]:
@@ -200,6 +235,112 @@ def _oracle_impurity(
             "probe": "logistic (1-D, closed-form direction)",
         },
         details={"purity": purity, "oracle": oracle, "leakage": leakage},
+    )
+
+
+def _general_split(
+    reps: list[torch.Tensor],
+    codes: torch.Tensor,
+    sizes: list[int],
+    categories: tuple[torch.Tensor, list[str]],
+    test_size: float,
+    seed: int,
+) -> tuple[list[list[torch.Tensor]], list[list[torch.Tensor]], torch.Tensor]:
+    train, test = train_test_split(codes.shape[0], test_size, seed)
+    indicators, labels = categories
+    for rows, where in ((train, f"train split (seed={seed})"), (test, f"test split (seed={seed})")):
+        require_both_classes(
+            indicators[rows], metric="the Oracle Impurity Score", where=where, names=labels
+        )
+    p_scores = probe_scores(reps, codes, sizes, train, test)
+    o_scores = probe_scores(label_features(codes, sizes), codes, sizes, train, test)
+    return p_scores, o_scores, test
+
+
+def _general_value(
+    p_scores: list[list[torch.Tensor]],
+    o_scores: list[list[torch.Tensor]],
+    codes: torch.Tensor,
+    diagonal: bool,
+    rows: torch.Tensor | None = None,
+) -> tuple[float, torch.Tensor, torch.Tensor]:
+    k = codes.shape[1]
+    purity = purity_from_scores(p_scores, codes, rows)
+    oracle = purity_from_scores(o_scores, codes, rows).fill_diagonal_(1.0)
+    if not diagonal:
+        purity.fill_diagonal_(1.0)
+    return float(torch.linalg.norm(oracle - purity) / (k / 2)), purity, oracle
+
+
+def _general_impurity(
+    c_soft: Any,
+    c_true: Any,
+    names: Sequence[str] | None,
+    categorical: bool,
+    settings: tuple[float, int, int, bool, int],
+) -> ConceptResult:
+    """OIS of embedding / list representations and of categorical concepts (fitted probes)."""
+    test_size, seed, n_seeds, diagonal, n_boot = settings
+    if categorical:
+        codes, sizes, cat_values = as_categorical_labels("c_true", c_true, n=len(c_true))
+    else:
+        binary = as_binary_labels("c_true", c_true)
+        codes, sizes = binary.to(torch.int64), [2] * binary.shape[1]
+        cat_values = [[0.0, 1.0]] * binary.shape[1]
+    reps = as_representation("c_soft", c_soft, n=codes.shape[0])
+    if len(reps) != codes.shape[1]:
+        raise InvalidInputError(
+            f"OIS compares representation i with concept i: c_soft has {len(reps)} concept "
+            f"representations but c_true has {codes.shape[1]} concepts. Pass one slice or "
+            "list element per concept."
+        )
+    indicators, labels = category_indicators(
+        codes, sizes, test_size, "the Oracle Impurity Score", names, cat_values
+    )
+    p_scores, o_scores, test = _general_split(
+        reps, codes, sizes, (indicators, labels), test_size, seed
+    )
+    c_test = codes[test]
+    value, purity, oracle = _general_value(p_scores, o_scores, c_test, diagonal)
+    interval = None
+    if n_boot > 0:
+        interval = bootstrap_interval(
+            lambda rows: _general_value(p_scores, o_scores, c_test, diagonal, rows)[0],
+            len(test),
+            strata=None,
+            n_boot=n_boot,
+            seed=seed,
+            kind="basic",
+            estimate=value,
+        )
+    values = [value]
+    for s in range(seed + 1, seed + n_seeds):
+        ps, os_, t = _general_split(reps, codes, sizes, (indicators, labels), test_size, s)
+        values.append(_general_value(ps, os_, codes[t], diagonal)[0])
+    k = codes.shape[1]
+    return ConceptResult(
+        value=value,
+        metric="ois",
+        per_concept=(oracle - purity).pow(2).sum(1).sqrt() / (k / 2),
+        interval=interval,
+        seed_spread=seed_spread(values) if n_seeds > 1 else {},
+        n=len(test),
+        params={
+            "test_size": test_size,
+            "seed": seed,
+            "n_seeds": n_seeds,
+            "include_diagonal": diagonal,
+            "n_boot": n_boot,
+            "categorical": categorical,
+            "probe": "logistic (binary) / multinomial (categorical), C = 1",
+            "representation_dims": [int(r.shape[1]) for r in reps],
+        },
+        details={
+            "purity": purity,
+            "oracle": oracle,
+            "leakage": (purity - oracle).clamp_min(0.0).fill_diagonal_(0.0),
+            "cardinalities": sizes,
+        },
     )
 
 

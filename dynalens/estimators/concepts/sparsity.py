@@ -26,9 +26,11 @@ depends on the head only). ``compat="pyc"`` changes nothing: the counts are PyC'
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 
 from dynalens._validation import check_bool, check_float, check_int
@@ -78,6 +80,44 @@ def _contributing(
     if pred:
         kappa = kappa.gather(1, (act @ weight.T).argmax(1, keepdim=True))
     return kappa
+
+
+_FAST_DTYPES = (torch.float32, torch.float64, torch.float16)
+
+
+def _head_counts(
+    weight: Any, threshold: float, groups: Sequence[Sequence[int]] | None
+) -> tuple[torch.Tensor, torch.Tensor, float, float, int, int]:
+    """Per-class NEC counts (C,) float64, concepts used (G,), NEC, the non-zero fraction,
+    C and k of a head. A CPU float tensor without groups takes a fast path on a zero-copy view
+    of its memory: the finiteness check is the largest |W| (NaN or inf make it
+    non-finite, and only then does :func:`as_matrix` run to name the bad entry), so the
+    counts cost a few vectorised operations and no copy; anything else goes through
+    :func:`as_matrix`. Both paths give the same numbers (counts are exact integers)."""
+    if (
+        groups is None
+        and torch.is_tensor(weight)
+        and weight.ndim == 2
+        and weight.dtype in _FAST_DTYPES
+        and weight.is_cpu
+        and weight.shape[0] > 0
+    ):
+        a = np.abs((weight.detach() if weight.requires_grad else weight).numpy())
+        if not math.isfinite(np.maximum.reduce(a, None)):
+            as_matrix("weight", weight)  # raises, naming the first NaN / inf
+        nonzero = a > threshold
+        per_class = np.add.reduce(nonzero, 1, dtype=np.float64)
+        c, k = a.shape
+        nec = float(np.add.reduce(per_class)) / c
+        used = torch.from_numpy(np.logical_or.reduce(nonzero, 0))
+        return torch.from_numpy(per_class), used, nec, nec / k, c, k
+    w = as_matrix("weight", weight)
+    members = _concept_columns(groups, w.shape[1])
+    nonzero = w.abs() > threshold
+    used = _per_concept(nonzero.to(torch.float64), members) > 0  # (C, G)
+    per_class = used.sum(1).to(torch.float64)
+    frac = float(nonzero.to(torch.float64).mean())
+    return per_class, used.any(0), float(per_class.mean()), frac, w.shape[0], w.shape[1]
 
 
 def _activation_stats(act: torch.Tensor) -> dict[str, float]:
@@ -149,17 +189,16 @@ class ConceptSparsity:
         n_boot = check_int("n_boot", self.n_boot, min=0)
         seed = check_int("seed", self.seed)
         stats = check_bool("activation_stats", self.activation_stats)
-        w = as_matrix("weight", weight)
-        members = _concept_columns(groups, w.shape[1])
-        used = _per_concept((w.abs() > threshold).to(torch.float64), members) > 0  # (C, G)
-        per_class = used.sum(1).to(torch.float64)
+        per_class, used, nec, frac, n_classes, k = _head_counts(weight, threshold, groups)
         details: dict[str, Any] = {
-            "nec": float(per_class.mean()),
-            "nonzero_fraction": float((w.abs() > threshold).to(torch.float64).mean()),
-            "concepts_used": used.any(0),
+            "nec": nec,
+            "nonzero_fraction": frac,
+            "concepts_used": used,
         }
         interval = None
         if activations is not None:
+            w = as_matrix("weight", weight)
+            members = _concept_columns(groups, k)
             act = as_matrix("activations", activations)
             if act.shape[1] != w.shape[1]:
                 raise InvalidInputError(
@@ -186,7 +225,7 @@ class ConceptSparsity:
             metric="nec",
             per_concept=per_class,
             interval=interval,
-            n=w.shape[0],
+            n=n_classes,
             params={
                 "threshold": threshold,
                 "coverage": coverage,

@@ -6,7 +6,12 @@ probabilities, or for T = 2 an (n,) probability of class 1. accuracy = mean
 class 1), as scikit-learn's ``roc_auc_score(y, proba, multi_class="ovr")``; F1 = macro over
 the classes present in ``y`` or predicted. Classes absent from ``y`` are left out of the
 AUC with a warning, never scored 0 (cem's task AUC turns any error into 0.0). Interval:
-percentile bootstrap over rows stratified by ``y``.
+percentile bootstrap over rows stratified by ``y``, computed for all replicates at once
+from multiplicity weights (one sort per class for the AUC,
+:func:`~._scores.weighted_macro_ovr_auc`; weighted counts for accuracy and F1): every
+replicate equals the score of its resampled rows bit for bit (counts are exact integers
+in float64, and the F1 mean adds the classes in the same order), so the interval is the
+row-resampling one.
 """
 
 from __future__ import annotations
@@ -20,7 +25,11 @@ from dynalens._validation import check_bool, check_int, check_option
 from dynalens.errors import InvalidInputError
 from dynalens.estimators.concepts._checks import as_class_labels, as_matrix
 from dynalens.estimators.concepts._result import ConceptResult
-from dynalens.estimators.concepts._scores import bootstrap_interval, macro_ovr_auc
+from dynalens.estimators.concepts._scores import (
+    macro_ovr_auc,
+    weighted_bootstrap_interval,
+    weighted_macro_ovr_auc,
+)
 
 __all__ = ["TaskScores", "task_accuracy", "task_auc", "task_f1"]
 
@@ -63,6 +72,28 @@ def _scores(y: torch.Tensor, proba: torch.Tensor) -> dict[str, float]:
         "auc": macro_ovr_auc(y, proba),
         "f1": sum(f1s) / len(f1s),
     }
+
+
+def _weighted_scores(
+    score: str, y: torch.Tensor, proba: torch.Tensor, w: torch.Tensor
+) -> torch.Tensor:
+    """:func:`_scores`' ``score`` for each replicate given as multiplicity weights (B, n)."""
+    if score == "auc":
+        return weighted_macro_ovr_auc(y, proba, w)
+    pred = proba.argmax(1)
+    if score == "accuracy":
+        return (w @ (pred == y).to(torch.float64)) / w.sum(1)
+    total = torch.zeros(w.shape[0], dtype=torch.float64)
+    count = torch.zeros(w.shape[0], dtype=torch.float64)
+    for k in range(proba.shape[1]):  # same class order as _scores: same float sums
+        tp = w @ ((pred == k) & (y == k)).to(torch.float64)
+        fp = w @ ((pred == k) & (y != k)).to(torch.float64)
+        fn = w @ ((pred != k) & (y == k)).to(torch.float64)
+        den = 2 * tp + fp + fn
+        valid = tp + fp + fn > 0
+        total = total + torch.where(valid, 2 * tp / den.clamp_min(1.0), 0.0)
+        count = count + valid.to(torch.float64)
+    return total / count
 
 
 class TaskScores:
@@ -110,8 +141,8 @@ class TaskScores:
         values = _scores(labels, proba)
         interval = None
         if n_boot > 0:
-            interval = bootstrap_interval(
-                lambda rows: _scores(labels[rows], proba[rows])[score],
+            interval = weighted_bootstrap_interval(
+                lambda w: _weighted_scores(score, labels, proba, w),
                 labels.shape[0],
                 strata=labels,
                 n_boot=n_boot,

@@ -117,3 +117,23 @@ def test_activation_stats_are_optional() -> None:
     assert "hoyer" in with_stats.details
     assert "hoyer" not in number_of_contributing_concepts(w, act, n_boot=0).details
     assert "hoyer" in number_of_contributing_concepts(w, act, activation_stats=True).details
+
+
+def test_fast_nec_path_equals_the_checked_path_and_still_refuses_nan() -> None:
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(5, 12, generator=g)
+    w[w.abs() < 0.5] = 0.0
+    fast = number_of_effective_concepts(w, threshold=0.1)  # CPU float32 tensor: fast path
+    slow = number_of_effective_concepts(w.numpy().tolist(), threshold=0.1)  # a list: checked
+    assert fast.value == slow.value
+    assert fast.details["nonzero_fraction"] == slow.details["nonzero_fraction"]
+    assert torch.equal(fast.per_concept, slow.per_concept)
+    assert fast.per_concept.dtype == torch.float64
+    assert torch.equal(fast.details["concepts_used"], slow.details["concepts_used"])
+    head = torch.nn.Linear(12, 5)  # requires grad: still counted, the model untouched
+    assert number_of_effective_concepts(head.weight).value == 12.0
+    for bad in (float("nan"), float("inf")):
+        w2 = w.clone()
+        w2[2, 3] = bad
+        with pytest.raises(InvalidInputError, match="row 2, column 3"):
+            number_of_effective_concepts(w2)

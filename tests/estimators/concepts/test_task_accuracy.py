@@ -61,3 +61,21 @@ def test_bad_labels_refuse() -> None:
         task_accuracy(y + 4, logits)
     with pytest.raises(InvalidInputError, match="rows"):
         task_accuracy(y[:5], logits)
+
+
+@pytest.mark.parametrize("score", ["accuracy", "auc", "f1"])
+def test_weighted_bootstrap_interval_is_bit_identical_to_row_resampling(score: str) -> None:
+    from dynalens.estimators.concepts._scores import bootstrap_interval
+    from dynalens.estimators.concepts.task_accuracy import _scores
+
+    g = torch.Generator().manual_seed(7)
+    y = torch.randint(0, 4, (301,), generator=g)
+    logits = torch.randn(301, 4, generator=g, dtype=torch.float64)
+    logits[torch.arange(301), y] += 0.7
+    logits = (logits * 4).round() / 4  # ties in the AUC
+    r = TaskScores(score, n_boot=150, seed=3).estimate(y, logits)
+    proba = torch.softmax(logits, 1)
+    ref = bootstrap_interval(
+        lambda rows: _scores(y[rows], proba[rows])[score], 301, strata=y, n_boot=150, seed=3
+    )
+    assert r.interval == ref  # exact float equality
