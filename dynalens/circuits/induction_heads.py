@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import shutil
 import time
 from dataclasses import asdict, dataclass, replace
@@ -42,6 +41,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from dynalens._provenance import machine
 from dynalens.circuits.induction import (
     InductionBatch,
     copy_accuracy,
@@ -266,10 +266,7 @@ def reproduce_induction_heads(
         "train_cpu_s": train_cpu,
         "sweep_wall_s": sweep_wall,
         "tables": {k: _records(v) for k, v in tables.items()},
-        "machine": {
-            "platform": platform.platform(), "python": platform.python_version(),
-            "torch": torch.__version__, "threads": 1, "cpu_count": os.cpu_count(),
-        },
+        "machine": machine(),
         "store": str(store_path),
     }  # fmt: skip
     results["files"] = [*files, str(folder / "results.json")]

@@ -27,7 +27,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import platform
 import shutil
 import time
 from dataclasses import asdict, dataclass, replace
@@ -37,6 +36,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from dynalens._provenance import machine
 from dynalens.probe.store_writer import is_store_root
 
 __all__ = ["FULL", "QUICK", "KohConfig", "reproduce_koh_interventions"]
@@ -312,13 +312,7 @@ def reproduce_koh_interventions(
         "final": final,
         "summary": summarize(curves, final),
         "monitor": {c: [_num(v) for v in table[c]] for c in table.columns},
-        "machine": {
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "threads": 1,
-            "cpu_count": os.cpu_count(),
-        },
+        "machine": machine(),
         "wall_s": wall,
         "store": str(store_path),
     }

@@ -43,7 +43,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import platform
 import shutil
 import time
 from dataclasses import asdict, dataclass, replace
@@ -53,6 +52,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from dynalens._provenance import machine
 from dynalens.concepts.data.multi_shapes import make_multi_shapes
 from dynalens.concepts.models import ConceptBottleneckModel, fit_cbm
 from dynalens.probe.store_writer import is_store_root
@@ -183,8 +183,7 @@ def reproduce_concept_location(
         "config": asdict(cfg),
         "summary": summarize(runs),
         "runs": runs,
-        "machine": {"platform": platform.platform(), "python": platform.python_version(),
-                    "torch": torch.__version__, "threads": 1, "cpu_count": os.cpu_count()},
+        "machine": machine(),
         "wall_s": wall,
         "store": str(store_path),
     }  # fmt: skip

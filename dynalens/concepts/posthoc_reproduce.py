@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import shutil
 import time
 from dataclasses import asdict, dataclass
@@ -31,6 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from dynalens._provenance import machine
 from dynalens.concepts.data import ConceptData, make_shapes
 from dynalens.concepts.models.posthoc import fit_posthoc_cbm, learn_concept_bank
 from dynalens.concepts.models.posthoc_edit import finetune_head, prune_concepts
@@ -287,8 +287,7 @@ def reproduce_posthoc_cbm(
         "title": "Yuksekgonul et al. 2023: post-hoc concept bottleneck models",
         "quick": quick, "config": asdict(cfg), "summary": "; ".join(parts),
         "studies": studies,
-        "machine": {"platform": platform.platform(), "python": platform.python_version(),
-                    "torch": torch.__version__, "threads": 1, "cpu_count": os.cpu_count()},
+        "machine": machine(),
         "wall_s": time.time() - started, "store": str(store_path),
     }  # fmt: skip
     results["files"] = [str(f) for f in files] + [str(folder / "results.json")]

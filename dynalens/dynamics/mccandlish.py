@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import platform
 import shutil
 import time
 from dataclasses import asdict, dataclass, replace
@@ -36,6 +35,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from dynalens._provenance import machine
 from dynalens.probe.store_writer import is_store_root
 
 CLAIM = (
@@ -183,13 +183,7 @@ def reproduce_mccandlish(
         "fits": _records(fits),
         "b_simple": _records(res.b_simple),
         "table": _records(res.table),
-        "machine": {
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "threads": 1,
-            "cpu_count": os.cpu_count(),
-        },
+        "machine": machine(),
         "wall_s": wall,
         "store": str(store_path),
     }
