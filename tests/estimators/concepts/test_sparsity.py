@@ -3,6 +3,8 @@ contributions, NCC = NEC at full coverage, PyC's functions where installed, bad 
 
 from __future__ import annotations
 
+import pickle
+
 import pytest
 import torch
 
@@ -155,6 +157,7 @@ def test_lean_nec_result_equals_the_estimator_result() -> None:
         assert type(lean.value) is float and dict(lean.params) == dict(full.params)
         assert torch.equal(lean.per_concept, full.per_concept)
         assert set(lean.details) == set(full.details)
+        assert dict(pickle.loads(pickle.dumps(lean)).details).keys() == full.details.keys()
         for key in full.details:
             assert torch.equal(
                 torch.as_tensor(lean.details[key]), torch.as_tensor(full.details[key])
