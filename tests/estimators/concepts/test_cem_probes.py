@@ -68,8 +68,8 @@ def test_cem_ois_equals_explicit_loop(n: int) -> None:
     np.testing.assert_allclose(r.details["oracle"].numpy(), oracle, atol=1e-6)
     assert r.value == pytest.approx(np.linalg.norm(oracle - purity) / 1.0, abs=1e-6)
     assert r.params["compat"] == "cem"
-    off = oracle_impurity_score(soft, c, compat="cem", seed=4, n_seeds=1, n_boot=0,
-                                include_diagonal=False)  # fmt: skip
+    kw = {"compat": "cem", "seed": 4, "n_seeds": 1, "n_boot": 0}
+    off = oracle_impurity_score(soft, c, include_diagonal=False, **kw)
     np.fill_diagonal(purity, 1.0)
     assert off.value == pytest.approx(np.linalg.norm(oracle - purity), abs=1e-6)
 
