@@ -8,12 +8,13 @@ scikit-learn's ``roc_auc_score`` looped over concepts and bootstrap replicates f
 concept AUC; the previous dynalens implementation (rows resampled, every replicate
 re-ranked) for the metrics whose internals changed. Interleaved, min of ``--repeats``.
 cem (mateoespinosa/cem) does not install here (Python 3.7-3.8, TensorFlow in
-``metrics/oracle.py``, scikit-learn-extra): its OIS / NIS conventions are reimplemented
-below (``cem_*``) from the guide's description, and the JSON says so.
+``metrics/oracle.py``, scikit-learn-extra): its OIS / NIS probes are reimplemented in
+dynalens from the guide's description (``compat="cem"``, ``_cem_probes.py``), and the
+JSON says so.
 
 Part 2, separation of a pure vs a leaky representation (``soft_concepts`` leak 0 vs 0.5,
 concept j+1 leaking into column j): (mean_leaky - mean_pure) / pooled seed sd, for OIS and
-NIS with dynalens' default probes and with cem's probes (OIS: a 32-unit MLP per pair,
+NIS with dynalens' default probes and with ``compat="cem"`` (OIS: a 32-unit MLP per pair,
 Adam 1e-3, 25 epochs, batch 512, P and O on independent splits; NIS: scikit-learn
 ``MLPClassifier((20, 20), random_state=1, max_iter=1000)``, beta 0..0.95, unnormalised
 trapezoid). TCAV is benchmarked in ``bench_concepts_tcav.py``.
@@ -30,7 +31,6 @@ import json
 import os
 import sys
 import time
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -106,83 +106,12 @@ def previous_concept_auc(c: torch.Tensor, p: torch.Tensor, n_boot: int) -> tuple
     )
 
 
-def cem_ois(p: torch.Tensor, c: torch.Tensor, seed: int, epochs: int = 25) -> float:
-    """OIS with cem's probe convention: one 1-32-1 MLP per (feature, concept) pair (all
-    k^2 trained at once as a batch of independent networks), Adam 1e-3, ``epochs``
-    epochs, batch min(512, n); P and O on two independent 80/20 splits."""
-    k = c.shape[1]
-
-    def matrix(x: torch.Tensor, split_seed: int) -> torch.Tensor:
-        g = torch.Generator().manual_seed(split_seed)
-        order = torch.randperm(len(c), generator=g)
-        test, train = order[: len(c) // 5], order[len(c) // 5 :]
-        torch.manual_seed(split_seed)
-        b = k * k
-        w1 = torch.nn.Parameter(torch.randn(b, 1, 32) * (2**0.5))
-        b1 = torch.nn.Parameter(torch.zeros(b, 1, 32))
-        w2 = torch.nn.Parameter(torch.randn(b, 32, 1) / 32**0.5)
-        b2 = torch.nn.Parameter(torch.zeros(b, 1, 1))
-        opt = torch.optim.Adam([w1, b1, w2, b2], lr=1e-3)
-        xf = x.float().T.repeat_interleave(k, 0)[:, :, None]  # (b, n, 1): feature i
-        yf = c.float().T.repeat(k, 1)[:, :, None]  # (b, n, 1): concept j
-
-        def forward(rows: torch.Tensor) -> torch.Tensor:
-            return torch.relu(xf[:, rows] @ w1 + b1) @ w2 + b2
-
-        batch = min(512, len(train))
-        for _ in range(epochs):
-            perm = train[torch.randperm(len(train))]
-            for lo in range(0, len(perm), batch):
-                rows = perm[lo : lo + batch]
-                loss = torch.nn.functional.binary_cross_entropy_with_logits(
-                    forward(rows), yf[:, rows]
-                )
-                opt.zero_grad()
-                (loss * b).backward()
-                opt.step()
-        with torch.no_grad():
-            scores = forward(test)[:, :, 0].T.double()  # (n_test, b)
-        labels = c[test].repeat(1, k)
-        return auc_columns(labels, scores).reshape(k, k)
-
-    purity = matrix(p, 1000 + 2 * seed)
-    oracle = matrix(c, 1001 + 2 * seed)
-    oracle.fill_diagonal_(1.0)
-    return float(torch.linalg.norm(oracle - purity) / (k / 2))
-
-
-def cem_nis(p: torch.Tensor, c: torch.Tensor, seed: int) -> float:
-    """NIS with cem's convention: MLPClassifier((20, 20), random_state=1, max_iter=1000)
-    from all soft columns to all concepts, niches by |Pearson| on the train split, the
-    niche zeroed, beta 0..0.95, unnormalised trapezoid."""
-    from sklearn.exceptions import ConvergenceWarning
-    from sklearn.neural_network import MLPClassifier
-
-    g = torch.Generator().manual_seed(seed)
-    order = torch.randperm(len(c), generator=g)
-    test, train = order[: len(c) // 5], order[len(c) // 5 :]
-    probe = MLPClassifier((20, 20), random_state=1, max_iter=1000)
-    with warnings.catch_warnings():  # as in cem, an unconverged probe is used as it is
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        probe.fit(p[train].numpy(), c[train].numpy())
-    rho = np.corrcoef(p[train].numpy().T, c[train].numpy().T)[: c.shape[1], c.shape[1] :]
-    x_test, c_test = p[test].numpy(), c[test].numpy()
-    betas = np.arange(20) / 20
-    curve = []
-    for beta in betas:
-        aucs = []
-        for i in range(c.shape[1]):
-            masked = x_test.copy()
-            masked[:, np.abs(rho[:, i]) > beta] = 0.0
-            aucs.append(roc_auc_score(c_test[:, i], probe.predict_proba(masked)[:, i]))
-        curve.append(np.mean(aucs))
-    return float(np.trapezoid(curve, betas))
-
-
 # ---- part 1: time per metric --------------------------------------------------------------
 
 
-def timings(d: dict[str, torch.Tensor], repeats: int, pyc: Any, quick: bool) -> list[dict]:
+def timings(
+    d: dict[str, torch.Tensor], repeats: int, pyc: Any, quick: bool, only: str | None = None
+) -> list[dict]:
     c, p, y = d["c"], d["p"], d["y"]
     n, k = c.shape
     logits = torch.logit(p.clamp(1e-6, 1 - 1e-6))
@@ -199,6 +128,8 @@ def timings(d: dict[str, torch.Tensor], repeats: int, pyc: Any, quick: bool) -> 
     rows: list[dict] = []
 
     def add(metric: str, ours: Callable[[], Any], ref_name: str | None, ref: Any, note: str = ""):
+        if only is not None and not metric.startswith(only):
+            return
         t_ours = t_ref = float("inf")
         for _ in range(repeats):  # interleaved: both see the same load
             t, out = per_call(ours)
@@ -339,7 +270,7 @@ def timings(d: dict[str, torch.Tensor], repeats: int, pyc: Any, quick: bool) -> 
 # ---- part 2: separation --------------------------------------------------------------------
 
 
-def separation(n: int, k: int, seeds: int, quick: bool) -> dict[str, Any]:
+def separation(n: int, k: int, seeds: int) -> dict[str, Any]:
     pure, leaky = data(n, k, 0.0), data(n, k, 0.5)
     out: dict[str, Any] = {"leak": 0.5, "seeds": seeds, "n": n, "k": k}
 
@@ -356,24 +287,28 @@ def separation(n: int, k: int, seeds: int, quick: bool) -> dict[str, Any]:
         }
 
     for name, fn in (("ois", dc.oracle_impurity_score), ("nis", dc.niche_impurity_score)):
-        vals = {}
-        for label, d in (("pure", pure), ("leaky", leaky)):
-            r = fn(d["p"], d["c"], n_seeds=seeds, n_boot=0)
-            vals[label] = list(r.seed_spread["values"])
-        out[f"{name}_dynalens"] = summary(vals["pure"], vals["leaky"])
-        print(name, json.dumps(out[f"{name}_dynalens"]), flush=True)
-    epochs = 3 if quick else 25
-    t0 = time.perf_counter()
-    vp = [cem_ois(pure["p"], pure["c"], s, epochs) for s in range(seeds)]
-    vl = [cem_ois(leaky["p"], leaky["c"], s, epochs) for s in range(seeds)]
-    out["ois_cem_probe"] = summary(vp, vl) | {"seconds_all_seeds": time.perf_counter() - t0}
-    print("ois_cem", json.dumps(out["ois_cem_probe"]), flush=True)
-    t0 = time.perf_counter()
-    vp = [cem_nis(pure["p"], pure["c"], s) for s in range(seeds)]
-    vl = [cem_nis(leaky["p"], leaky["c"], s) for s in range(seeds)]
-    out["nis_cem_probe"] = summary(vp, vl) | {"seconds_all_seeds": time.perf_counter() - t0}
-    print("nis_cem", json.dumps(out["nis_cem_probe"]), flush=True)
+        for compat, key in ((None, f"{name}_dynalens"), ("cem", f"{name}_cem_probe")):
+            t0 = time.perf_counter()
+            vals = {}
+            for label, d in (("pure", pure), ("leaky", leaky)):
+                r = fn(d["p"], d["c"], n_seeds=seeds, n_boot=0, compat=compat)
+                vals[label] = list(r.seed_spread["values"])
+            seconds = {"seconds_all_seeds": time.perf_counter() - t0}
+            out[key] = summary(vals["pure"], vals["leaky"]) | seconds
+            print(key, json.dumps(out[key]), flush=True)
     return out
+
+
+def merge_rows(path: Path, rows: list[dict]) -> None:
+    """Replace the rows of the same metric and reference in an earlier results file."""
+    out = json.loads(path.read_text())
+    fresh = {(r["metric"], r.get("reference")): r for r in rows}
+    out["timings"] = [fresh.pop((r["metric"], r.get("reference")), r) for r in out["timings"]]
+    out["timings"] += list(fresh.values())
+    out.setdefault("partial_reruns", []).append(
+        {"rows": [r["metric"] for r in rows], "date": time.strftime("%Y-%m-%d %H:%M:%S")}
+    )
+    path.write_text(json.dumps(out, indent=2))
 
 
 def main() -> None:
@@ -391,6 +326,11 @@ def main() -> None:
     )
     ap.add_argument("--small-n", type=int, default=500, help="a second, small separation run")
     ap.add_argument("--quick", action="store_true", help="small settings for a smoke run")
+    ap.add_argument(
+        "--only",
+        help="time only the rows whose metric starts with this (e.g. 'sparsity NEC'), skip "
+        "the separation part, and replace just those rows in the results JSON",
+    )
     ap.add_argument("--results", default=str(ROOT / "benchmarks/results/concepts_cpu.json"))
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -403,10 +343,14 @@ def main() -> None:
     except Exception as exc:  # any import failure means "not installed"
         pyc, pyc_status = None, f"not importable: {exc!r}"
     t0 = time.perf_counter()
-    rows = timings(data(n, k, 0.5), args.repeats, pyc, args.quick)
+    rows = timings(data(n, k, 0.5), args.repeats, pyc, args.quick, args.only)
+    if args.only is not None:
+        if not args.quick:
+            merge_rows(Path(args.results), rows)
+        return
     sep_k = 8 if args.quick else args.sep_k
     # at n <= 512 cem's OIS probe gets 25 full-batch Adam steps in all (batch = n)
-    sep = [separation(m, sep_k, args.seeds, args.quick) for m in (n, args.small_n)]
+    sep = [separation(m, sep_k, args.seeds) for m in (n, args.small_n)]
     info["loadavg_end"] = os.getloadavg()
     out = {
         "what": "concept metrics: seconds per metric (min of repeats, one thread) and "
@@ -417,9 +361,10 @@ def main() -> None:
         "references": {
             "pyc": pyc_status,
             "cem": "not installable beside torch 2.13 / numpy 2 (Python 3.7-3.8, TensorFlow "
-            "in metrics/oracle.py, scikit-learn-extra); its OIS and NIS probe conventions are "
-            "reimplemented in this script from the guide's description (cem_ois: ReLU MLP with "
-            "torch's own initialisation, not Keras' Glorot; cem_nis: scikit-learn's "
+            "in metrics/oracle.py, scikit-learn-extra); its OIS and NIS probes are "
+            "reimplemented in dynalens from the guide's description, compat='cem' "
+            "(estimators/concepts/_cem_probes.py: OIS a ReLU MLP with He / LeCun normal "
+            "initialisation, not Keras' Glorot, seeded splits; NIS scikit-learn's "
             "MLPClassifier as cem uses it)",
             "captum_tcav": "benchmarked in bench_concepts_tcav.py",
         },

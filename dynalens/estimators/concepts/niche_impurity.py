@@ -16,7 +16,8 @@ on the test split, and :math:`\mathrm{NIS} = \int_0^1 \mathrm{imp}(\beta)\,d\bet
 (trapezoid over ``betas``, divided by their range). ``compat="cem"`` reproduces the cem
 reference's integration (``metrics/niching.py: niche_impurity_score``): β in
 0, 0.05, ..., 0.95 and the trapezoid sum *not* divided by the range (so the score is at
-most 0.95); its MLP probe is not reproduced (the logistic probe is used). A pure
+most 0.95), with its probe, scikit-learn ``MLPClassifier((20, 20), random_state=1,
+max_iter=1000)`` (:mod:`._cem_probes`; the split is still seeded). A pure
 representation keeps concept i in its own column only: once that column is in the niche,
 the rest predicts i at chance (0.5). Interval: percentile bootstrap over test rows
 (probes fixed); ``n_seeds`` splits give the seed spread, which the guide measured at
@@ -39,6 +40,7 @@ import torch
 
 from dynalens._validation import check_bool, check_float, check_int, check_option
 from dynalens.errors import InvalidInputError, InvalidParameterError
+from dynalens.estimators.concepts._cem_probes import cem_niche_probabilities
 from dynalens.estimators.concepts._checks import as_binary_labels, require_both_classes
 from dynalens.estimators.concepts._niche_categorical import (
     categorical_bootstrap,
@@ -80,17 +82,18 @@ def _niche_probabilities(
     betas: torch.Tensor,
     C: float,
     groups: torch.Tensor | None = None,
+    cem_probe: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Test-row probabilities of probe i with i's niche zeroed, for each distinct
     (concept, niche) pair only: a niche changes at a few β, so most of the len(betas) x k
     columns repeat. Returns the distinct columns' probabilities (n_test, U), their concept
     index (U,) and, for each (β, concept), its distinct column (len(betas), k).
     ``groups`` (n_features,) names the soft concept of each feature column (default: one
-    column per concept)."""
+    column per concept). ``cem_probe``: cem's MLP probe (:mod:`._cem_probes`), not the
+    logistic one."""
     k = c.shape[1]
     if groups is None:
         groups = torch.arange(soft.shape[1])
-    theta = fit_binary_probes(soft[train], c[train].T, C=C)  # k probes, shared features
     rho = _correlation(soft[train], c[train]).abs()  # [f, i]: feature f vs concept i
     best = torch.zeros(k, k, dtype=rho.dtype).scatter_reduce_(
         0, groups[:, None].expand_as(rho), rho, "amax"
@@ -100,7 +103,11 @@ def _niche_probabilities(
     keys = torch.cat([concept[..., None], outside.to(torch.int64)], -1)
     keys = keys.reshape(-1, keys.shape[-1])
     unique, inverse = torch.unique(keys, dim=0, return_inverse=True)
-    which, keep = unique[:, 0], unique[:, 1:].to(theta.dtype)
+    which, keep = unique[:, 0], unique[:, 1:].to(soft.dtype)
+    if cem_probe:
+        proba = cem_niche_probabilities(soft[train], c[train], soft[test], which, keep)
+        return proba, which, inverse.reshape(len(betas), k)
+    theta = fit_binary_probes(soft[train], c[train].T, C=C)  # k probes, shared features
     logits = soft[test] @ (theta[which, :-1] * keep).T + theta[which, -1]
     return torch.sigmoid(logits), which, inverse.reshape(len(betas), k)
 
@@ -139,7 +146,9 @@ class NicheImpurity:
     betas : sequence of float in [0, 1], increasing (default 0, 0.05, ..., 1).
     test_size, seed, n_seeds, C, n_boot : as :class:`OracleImpurity`.
     compat : None or "cem"
-        ``"cem"``: β grid 0..0.95 and an unnormalised trapezoid, as the cem code.
+        ``"cem"``: cem's probe (scikit-learn ``MLPClassifier((20, 20), random_state=1,
+        max_iter=1000)``, needs scikit-learn; ``C`` unused), β grid 0..0.95 and an
+        unnormalised trapezoid, as the cem code. Binary concepts only.
     categorical : bool
         ``c_true`` holds integer category codes (softmax probes, one-vs-one AUC).
     """
@@ -192,6 +201,12 @@ class NicheImpurity:
                 f"betas must be at least two increasing values in [0, 1]; got {grid[:6]}."
             )
         if check_bool("categorical", self.categorical):
+            if cem:
+                raise InvalidParameterError(
+                    "compat='cem' reproduces cem's multi-label MLP probe, which reads binary "
+                    "concepts only; got categorical=True. Drop compat= for categorical "
+                    "concepts, or one-hot encode them and pass binary columns."
+                )
             settings = (betas, grid, test_size, seed, n_seeds, C, n_boot, not cem)
             return self._categorical(c_soft, c_true, names, settings)
         c = as_binary_labels("c_true", c_true)
@@ -213,7 +228,7 @@ class NicheImpurity:
                 (test, f"test split (seed={s})"),
             ):
                 require_both_classes(c[rows], metric=METRIC, where=where, names=names)
-            niche = _niche_probabilities(soft, c, train, test, betas, C, groups)
+            niche = _niche_probabilities(soft, c, train, test, betas, C, groups, cem)
             value, curve = _nis(niche, c[test], betas, not cem)
             values.append(value)
             if first is None:
@@ -243,7 +258,7 @@ class NicheImpurity:
                 "n_seeds": n_seeds,
                 "C": C,
                 "n_boot": n_boot,
-                "probe": "logistic",
+                "probe": "cem MLPClassifier((20, 20), random_state=1)" if cem else "logistic",
                 "compat": self.compat,
             },
             details={"impurity_curve": curve, "betas": betas},

@@ -19,13 +19,16 @@ predictor also counts as impurity). The inter-concept leakage of Mahinpei et al.
 Probe: L2 logistic regression on one feature, at convergence; its held-out AUC depends
 only on the sign of its weight, which is the sign of the train covariance for every
 regularisation strength (proof in ``_pairwise_probe_directions``), so no iterative fit is
-needed and no C parameter changes the result (the cem
-reference trains a 32-unit MLP for 25 epochs on two unseeded splits; with it a synthetic
-pure / leaky pair overlapped, 0.52 ± 0.25 vs 0.59 ± 0.19 over 4 seeds). Interval: basic
-(bias-corrected) bootstrap over test rows with the probes fixed, :math:`[2\hat v - q_{97.5},
-2\hat v - q_{2.5}]`: a norm of noisy AUC differences is biased upward, and resampling
-doubles that bias, so percentile intervals sit above the value; ``n_seeds`` further splits give
-the seed spread. A concept that is constant in a split makes its AUCs undefined: refused.
+needed and no C parameter changes the result. ``compat="cem"`` uses the cem reference's
+probe instead (:mod:`._cem_probes`: a 1-32-1 MLP per pair, Adam 1e-3, 25 epochs, batch
+min(512, n_train), P and O on two independent splits, seeded here where cem's are not);
+it is noisy: at n = 500 it does not separate a pure from a leaky representation, which the
+default does, while at n = 10k both do (tests/estimators/concepts/test_cem_probes.py).
+Interval: basic (bias-corrected) bootstrap over test rows with the probes fixed,
+:math:`[2\hat v - q_{97.5}, 2\hat v - q_{2.5}]`: a norm of noisy AUC differences is biased
+upward, and resampling doubles that bias, so percentile intervals sit above the value;
+``n_seeds`` further splits give the seed spread.
+A concept that is constant in a split makes its AUCs undefined: refused.
 
 Embedding representations ((n, k, m) tensors, concept i = slice ``[:, i, :]``, or a list
 of per-concept (n, m_i) arrays) and categorical concepts (``categorical=True``: integer
@@ -38,13 +41,14 @@ indicators) to concept j. For m = 1 and binary concepts this equals the scalar p
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 
-from dynalens._validation import check_bool, check_float, check_int
-from dynalens.errors import InvalidInputError
+from dynalens._validation import check_bool, check_float, check_int, check_option
+from dynalens.errors import InvalidInputError, InvalidParameterError
+from dynalens.estimators.concepts._cem_probes import cem_pair_scores, cem_purity
 from dynalens.estimators.concepts._checks import as_binary_labels, as_matrix, require_both_classes
 from dynalens.estimators.concepts._representations import (
     as_categorical_labels,
@@ -120,6 +124,11 @@ class OracleImpurity:
         Bootstrap replicates over test rows, probes fixed (0: no interval).
     categorical : bool
         ``c_true`` holds integer category codes (softmax probes, one-vs-one AUC).
+    compat : None or "cem"
+        ``"cem"``: cem's probe, a 1-32-1 MLP per (column, concept) pair, Adam 1e-3, 25
+        epochs, batch min(512, n_train), P and O on two independent splits (seeded here:
+        ``seed`` and ``seed + 1_000_000``); binary (n, k) concepts only. It is noisy at
+        small n (at n = 500 it does not separate a pure from a leaky representation).
 
     Example
     -------
@@ -141,7 +150,9 @@ class OracleImpurity:
         include_diagonal: bool = True,
         n_boot: int = 200,
         categorical: bool = False,
+        compat: str | None = None,
     ) -> None:
+        self.compat = compat
         self.categorical = categorical
         self.test_size = test_size
         self.seed = seed
@@ -160,6 +171,13 @@ class OracleImpurity:
         diagonal = check_bool("include_diagonal", self.include_diagonal)
         n_boot = check_int("n_boot", self.n_boot, min=0)
         categorical = check_bool("categorical", self.categorical)
+        cem = self.compat is not None and check_option("compat", self.compat, ("cem",)) == "cem"
+        if cem and (categorical or is_structured(c_soft)):
+            raise InvalidParameterError(
+                "compat='cem' reproduces cem's probe on one soft column per binary concept; "
+                "got an embedding / list representation or categorical=True. Pass an (n, k) "
+                "matrix of soft concepts and binary labels, or drop compat=."
+            )
         if categorical or is_structured(c_soft):
             settings = (test_size, seed, n_seeds, diagonal, n_boot)
             return _general_impurity(c_soft, c_true, names, categorical, settings)
@@ -172,7 +190,8 @@ class OracleImpurity:
                 "concept."
             )
         check_class_counts(c, test_size, metric="the Oracle Impurity Score", what="concept")
-        return _oracle_impurity(soft, c, names, test_size, seed, n_seeds, diagonal, n_boot)
+        settings = (test_size, seed, n_seeds, diagonal, n_boot)
+        return _oracle_impurity(soft, c, names, settings, cem)
 
 
 def _fit_split(
@@ -182,32 +201,76 @@ def _fit_split(
     test_size: float,
     seed: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    train, test = train_test_split(c.shape[0], test_size, seed)
-    for rows, where in ((train, f"train split (seed={seed})"), (test, f"test split (seed={seed})")):
-        require_both_classes(c[rows], metric="the Oracle Impurity Score", where=where, names=names)
+    train, test = _checked_split(c, names, test_size, seed)
     p_sign = _pairwise_probe_directions(soft, c, train)
     o_sign = _pairwise_probe_directions(c, c, train)
     return p_sign, o_sign, test
+
+
+def _checked_split(
+    c: torch.Tensor, names: Sequence[str] | None, test_size: float, seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    train, test = train_test_split(c.shape[0], test_size, seed)
+    for rows, where in ((train, f"train split (seed={seed})"), (test, f"test split (seed={seed})")):
+        require_both_classes(c[rows], metric="the Oracle Impurity Score", where=where, names=names)
+    return train, test
+
+
+Impurity = Callable[[torch.Tensor | None], tuple[float, torch.Tensor, torch.Tensor]]
+
+
+def _split_impurity(
+    soft: torch.Tensor,
+    c: torch.Tensor,
+    names: Sequence[str] | None,
+    settings: tuple[float, int, bool],
+    cem: bool,
+) -> tuple[Impurity, int]:
+    """Probes fitted on one split (``cem``: P on the split ``seed`` and O on an independent
+    split ``seed + 1_000_000``, probe weights and shuffles seeded alike); returns the OIS of
+    the (optionally resampled) test rows, and the number of test rows."""
+    test_size, seed, diagonal = settings
+    k = c.shape[1]
+    if not cem:
+        p_sign, o_sign, test = _fit_split(soft, c, names, test_size, seed)
+        s_test, c_test = soft[test], c[test]
+
+        def logistic(rows: torch.Tensor | None) -> tuple[float, torch.Tensor, torch.Tensor]:
+            r = slice(None) if rows is None else rows
+            return _impurity(s_test[r], c_test[r], p_sign, o_sign, diagonal)
+
+        return logistic, len(test)
+    scores, tests = [], []
+    for x, s in ((soft, seed), (c, seed + 1_000_000)):
+        train, test = _checked_split(c, names, test_size, s)
+        scores.append(cem_pair_scores(x, c, train, test, s))
+        tests.append(c[test])
+
+    def mlp(rows: torch.Tensor | None) -> tuple[float, torch.Tensor, torch.Tensor]:
+        purity = cem_purity(scores[0], tests[0], rows)
+        oracle = cem_purity(scores[1], tests[1], rows).fill_diagonal_(1.0)
+        if not diagonal:
+            purity.fill_diagonal_(1.0)
+        return float(torch.linalg.norm(oracle - purity) / (k / 2)), purity, oracle
+
+    return mlp, len(tests[0])
 
 
 def _oracle_impurity(
     soft: torch.Tensor,
     c: torch.Tensor,
     names: Sequence[str] | None,
-    test_size: float,
-    seed: int,
-    n_seeds: int,
-    diagonal: bool,
-    n_boot: int,
+    settings: tuple[float, int, int, bool, int],
+    cem: bool = False,
 ) -> ConceptResult:
-    p_sign, o_sign, test = _fit_split(soft, c, names, test_size, seed)
-    s_test, c_test = soft[test], c[test]
-    value, purity, oracle = _impurity(s_test, c_test, p_sign, o_sign, diagonal)
+    test_size, seed, n_seeds, diagonal, n_boot = settings
+    impurity, n_test = _split_impurity(soft, c, names, (test_size, seed, diagonal), cem)
+    value, purity, oracle = impurity(None)
     interval = None
     if n_boot > 0:
         interval = bootstrap_interval(
-            lambda rows: _impurity(s_test[rows], c_test[rows], p_sign, o_sign, diagonal)[0],
-            len(test),
+            lambda rows: impurity(rows)[0],
+            n_test,
             strata=None,
             n_boot=n_boot,
             seed=seed,
@@ -216,8 +279,8 @@ def _oracle_impurity(
         )
     values = [value]
     for s in range(seed + 1, seed + n_seeds):
-        ps, os_, t = _fit_split(soft, c, names, test_size, s)
-        values.append(_impurity(soft[t], c[t], ps, os_, diagonal)[0])
+        split = (test_size, s, diagonal)
+        values.append(_split_impurity(soft, c, names, split, cem)[0](None)[0])
     leakage = (purity - oracle).clamp_min(0.0).fill_diagonal_(0.0)
     return ConceptResult(
         value=value,
@@ -225,14 +288,17 @@ def _oracle_impurity(
         per_concept=(oracle - purity).pow(2).sum(1).sqrt() / (c.shape[1] / 2),
         interval=interval,
         seed_spread=seed_spread(values) if n_seeds > 1 else {},
-        n=len(test),
+        n=n_test,
         params={
             "test_size": test_size,
             "seed": seed,
             "n_seeds": n_seeds,
             "include_diagonal": diagonal,
             "n_boot": n_boot,
-            "probe": "logistic (1-D, closed-form direction)",
+            "probe": "cem 1-32-1 MLP, Adam 1e-3, 25 epochs, two splits"
+            if cem
+            else "logistic (1-D, closed-form direction)",
+            "compat": "cem" if cem else None,
         },
         details={"purity": purity, "oracle": oracle, "leakage": leakage},
     )

@@ -73,10 +73,7 @@ def test_compat_cem_integrates_to_0_95_without_normalising() -> None:
     # cem's loop: auc += (prev + value) * delta / 2
     expected = sum((curve[i - 1] + curve[i]).item() * 0.05 / 2 for i in range(1, 20))
     assert cem.value == pytest.approx(expected, abs=1e-12)
-    same_grid = niche_impurity_score(
-        soft, c, betas=[i / 20 for i in range(20)], n_seeds=1, n_boot=0
-    )
-    assert same_grid.value == pytest.approx(cem.value / 0.95, abs=1e-12)
+    assert cem.params["probe"].startswith("cem MLPClassifier")  # its probe: test_cem_probes.py
     with pytest.raises(InvalidParameterError, match="not both"):
         NicheImpurity(compat="cem", betas=[0.0, 1.0]).estimate(soft, c)
 

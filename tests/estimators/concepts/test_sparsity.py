@@ -3,6 +3,8 @@ contributions, NCC = NEC at full coverage, PyC's functions where installed, bad 
 
 from __future__ import annotations
 
+import pickle
+
 import pytest
 import torch
 
@@ -137,3 +139,30 @@ def test_fast_nec_path_equals_the_checked_path_and_still_refuses_nan() -> None:
         w2[2, 3] = bad
         with pytest.raises(InvalidInputError, match="row 2, column 3"):
             number_of_effective_concepts(w2)
+
+
+def test_lean_nec_result_equals_the_estimator_result() -> None:
+    g = torch.Generator().manual_seed(1)
+    w = torch.randn(4, 9, generator=g, dtype=torch.float64)
+    w[w.abs() < 0.7] = 0.0
+    for threshold in (0.0, 0.9):
+        lean = number_of_effective_concepts(w, threshold=threshold)
+        full = ConceptSparsity(threshold=threshold).estimate(w)
+        assert (lean.value, lean.metric, lean.n, lean.interval) == (
+            full.value,
+            full.metric,
+            full.n,
+            full.interval,
+        )
+        assert type(lean.value) is float and dict(lean.params) == dict(full.params)
+        assert torch.equal(lean.per_concept, full.per_concept)
+        assert set(lean.details) == set(full.details)
+        assert dict(pickle.loads(pickle.dumps(lean)).details).keys() == full.details.keys()
+        for key in full.details:
+            assert torch.equal(
+                torch.as_tensor(lean.details[key]), torch.as_tensor(full.details[key])
+            )
+    with pytest.raises(InvalidParameterError, match="threshold"):
+        number_of_effective_concepts(w, threshold=-1.0)
+    with pytest.raises(InvalidParameterError, match="threshold"):
+        number_of_effective_concepts(w, threshold="0")
