@@ -108,7 +108,9 @@ def test_nis_interval_equals_the_resample_loop(compat: str | None) -> None:
     r = niche_impurity_score(p, c, n_seeds=1, n_boot=40, compat=compat)
     train, test = train_test_split(600, 0.2, 0)
     betas = r.details["betas"]
-    proba, which, inverse = niche_module._niche_probabilities(p, c, train, test, betas, 1.0)
+    proba, which, inverse = niche_module._niche_probabilities(
+        p, c, train, test, betas, 1.0, None, compat == "cem"
+    )
     ref = bootstrap_interval(
         lambda rows: niche_module._nis(
             (proba[rows], which, inverse), c[test][rows], betas, compat is None
