@@ -84,3 +84,11 @@ def test_non_finite_outputs_refuse() -> None:
 
     with pytest.raises(InvalidInputError, match="NaN or infinite"):
         causal_concept_effect(head, probs)
+
+
+def test_a_head_that_returns_its_input_sees_each_intervention_alone() -> None:
+    """The interventions reuse one buffer: an identity head (float64, its output aliases
+    the buffer) must still give do(c_j = 1) - do(c_j = 0) on the diagonal and 0 elsewhere."""
+    c = torch.rand(30, 4, dtype=torch.float64)
+    r = causal_concept_effect(lambda v: v, c, output="raw", n_boot=0)
+    torch.testing.assert_close(r.per_concept, torch.eye(4, dtype=torch.float64), rtol=0, atol=0)
