@@ -252,17 +252,25 @@ class NicheImpurity:
             seed_spread=seed_spread(values) if n_seeds > 1 else {},
             n=len(c_test),
             params={
-                "betas": grid,
-                "test_size": test_size,
-                "seed": seed,
-                "n_seeds": n_seeds,
-                "C": C,
-                "n_boot": n_boot,
+                **self._params(grid, test_size, seed, n_seeds, C, n_boot),
                 "probe": "cem MLPClassifier((20, 20), random_state=1)" if cem else "logistic",
-                "compat": self.compat,
             },
             details={"impurity_curve": curve, "betas": betas},
         )
+
+    def _params(
+        self, grid: Any, test_size: float, seed: int, n_seeds: int, C: float, n_boot: int
+    ) -> dict[str, Any]:
+        """The parameters every NIS result records."""
+        return {
+            "betas": grid,
+            "test_size": test_size,
+            "seed": seed,
+            "n_seeds": n_seeds,
+            "C": C,
+            "n_boot": n_boot,
+            "compat": self.compat,
+        }
 
     def _categorical(
         self, c_soft: Any, c_true: Any, names: Sequence[str] | None, settings: tuple
@@ -305,14 +313,8 @@ class NicheImpurity:
             seed_spread=seed_spread(values) if n_seeds > 1 else {},
             n=len(c_test),
             params={
-                "betas": grid,
-                "test_size": test_size,
-                "seed": seed,
-                "n_seeds": n_seeds,
-                "C": C,
-                "n_boot": n_boot,
+                **self._params(grid, test_size, seed, n_seeds, C, n_boot),
                 "probe": "logistic / multinomial",
-                "compat": self.compat,
                 "categorical": True,
             },
             details={"impurity_curve": curve, "betas": betas, "cardinalities": sizes},
